@@ -1,0 +1,93 @@
+"""`cggm train`: one run → config.json, metrics.json, trace.jsonl, run_card.json, checkpoints.
+
+Strategy options are given as flags named after the strategy's fields, e.g.
+`cggm train --dataset synthetic --strategy cggm --rho 1.2 --lam 0.1 --variant paper --guard true`.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+ACCEPTS_EXTRA = True  # strategy options arrive as --<field> VALUE
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--dataset", required=True, help="synthetic | mfeat | mosi | iemocap | food101 | brats2021")
+    p.add_argument("--strategy", default="cggm", help="a registry name, e.g. joint, cggm (default), ogm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--preset", default="smoke", help="smoke (CPU, small) | paper (Table 7)")
+    p.add_argument("--data-root", default="data", help="folder holding <dataset>/ (default ./data)")
+    p.add_argument("--out", default=None, help="results folder (default results/<preset>/<dataset>/<strategy>/seed<k>)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="off", help="off | auto | bf16 | fp16")
+    p.add_argument("--nonfinite", default="raise", help="raise | skip")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. fold=3 (repeatable)")
+    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="model size override")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.lower()
+        return {"true": True, "false": False, "none": None}.get(low, text)
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} must look like KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _literal(v)
+    return out
+
+
+def strategy_options(strategy: str, extra: list[str]) -> dict:
+    """Turn ['--rho', '1.2', '--guard', 'true'] into {'rho': 1.2, 'guard': True}, checked against fields."""
+    from ..modulation import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
+    fields = {f.name for f in dataclasses.fields(STRATEGIES[strategy])}
+    out, i = {}, 0
+    while i < len(extra):
+        flag = extra[i]
+        key = flag.lstrip("-").replace("-", "_").split("=", 1)[0]
+        if not flag.startswith("--") or key not in fields:
+            raise ConfigError(f"unknown option {flag!r} for strategy {strategy!r}; its options are "
+                              f"{sorted('--' + f.replace('_', '-') for f in fields)}")
+        if "=" in flag:
+            out[key], i = _literal(flag.split("=", 1)[1]), i + 1
+        elif i + 1 < len(extra):
+            out[key], i = _literal(extra[i + 1]), i + 2
+        else:
+            raise ConfigError(f"option {flag} needs a value")
+    return out
+
+
+def run(args) -> int:
+    import cggmlib as cg
+
+    cfg = cg.Config(dataset=args.dataset, strategy=args.strategy, seed=args.seed, epochs=args.epochs,
+                    preset=args.preset, data_root=args.data_root, batch_size=args.batch_size, lr=args.lr,
+                    device=args.device, amp=args.amp, nonfinite=args.nonfinite,
+                    checkpoint_every=args.checkpoint_every,
+                    strategy_kwargs=strategy_options(args.strategy, args.extra),
+                    data_kwargs=_pairs(args.data_opt, "--data-opt"), model_kwargs=_pairs(args.model_opt, "--model-opt"))
+    out = Path(args.out) if args.out else cg.runs.run_dir("results", cfg.preset, cfg)
+    result = cg.run_experiment(cfg, out_dir=out, resume=args.resume, progress=not args.quiet)
+    shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    print(json.dumps({"out": str(out), **shown}, indent=1))
+    return 0

@@ -1,0 +1,138 @@
+"""Config: one frozen record of everything a training run depends on.
+
+Fields left as None are filled from the dataset's preset (cggmlib.presets) when the Config is built,
+so a displayed or saved Config always shows the values actually used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "plateau", "cosine")
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+NONFINITE = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: str = "synthetic"
+    """key in cggmlib.data.DATASETS: synthetic | mfeat | mosi | iemocap | food101 | brats2021"""
+    strategy: str = "joint"
+    """key in cggmlib.modulation.STRATEGIES, e.g. joint | cggm | ogm"""
+    strategy_kwargs: dict = field(default_factory=dict)
+    """strategy hyperparameters, e.g. {"rho": 1.3, "lam": 0.2}; the preset fills the rest"""
+    preset: str = "smoke"
+    """hyperparameter preset: smoke (small, CPU) | paper (Table 7 as in the official code)"""
+    data_root: str = "data"
+    """folder holding <dataset>/ in its publishers' layout"""
+    data_kwargs: dict = field(default_factory=dict)
+    """dataset options, e.g. {"fold": 3} for IEMOCAP or {"num_modalities": 4} for synthetic"""
+    model_kwargs: dict = field(default_factory=dict)
+    """overrides of the preset's model size"""
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    """adam | adamw | sgd (momentum 0.9) for the model; the strategy owns its classifiers' optimizer"""
+    lr: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    """max global gradient norm, applied after modulation as in the official code; 0 turns it off"""
+    scheduler: str | None = None
+    """none | plateau (ReduceLROnPlateau on val loss, x0.1, patience 10) | cosine (per step, warm-up)"""
+    warmup_epochs: int | None = None
+    """linear learning-rate warm-up of the cosine schedule (BraTS); not a CGGM warm-up"""
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA when present) | cpu | cuda | cuda:N"""
+    amp: str = "off"
+    """mixed precision: off | auto (bf16 where supported, else fp16) | bf16 | fp16 (with GradScaler)"""
+    nonfinite: str = "raise"
+    """a non-finite loss or gradient: raise (stop with a message) | skip (drop that step, count it)"""
+    checkpoint_every: int = 0
+    """also checkpoint every N steps (0: only at the end of each epoch)"""
+
+    def __post_init__(self):
+        from .data import DATASETS
+        from .modulation import STRATEGIES, strategy_defaults
+        from .presets import PRESETS, train_kwargs
+
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {sorted(DATASETS)}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {sorted(STRATEGIES)}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose from {list(PRESETS)}")
+        for name in ("strategy_kwargs", "data_kwargs", "model_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        preset = train_kwargs(self.dataset, self.preset)
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None:
+                object.__setattr__(self, f.name, preset.get(f.name, 0 if f.name == "warmup_epochs" else None))
+        object.__setattr__(self, "strategy_kwargs",
+                           strategy_defaults(self.strategy, self.dataset, self.preset) | dict(self.strategy_kwargs))
+        object.__setattr__(self, "device", resolve_device(self.device))
+        self._validate()
+
+    def _validate(self):
+        def need(ok, msg):
+            if not ok:
+                raise ConfigError(msg)
+
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+             f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0,
+             f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip!r}")
+        need(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        need(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+             f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool), f"seed must be an integer, got {self.seed!r}")
+        need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        need(self.nonfinite in NONFINITE, f"nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
+        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+             f"checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed (presets are re-applied only to fields set to None)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """A short hash of the settings that change results (not the device or data root)."""
+        d = self.to_dict()
+        for k in ("device", "data_root", "checkpoint_every"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown Config fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; other values are checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or device.startswith("cuda"):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is visible; use device='auto' or 'cpu'")
+        return device
+    raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")

@@ -1,0 +1,33 @@
+"""Datasets: `load_data(name, root=DATA_ROOT)` reads `DATA_ROOT/<name>/` in its publishers' layout.
+
+The registry maps each name to a loader `load(path, *, batch_size, seed, **options) -> Data`; each
+loader's module docstring names its data card in data_cards/.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import Batch, Data, TensorLoader, collate, split_indices
+
+#: dataset name -> module (inside cggmlib.data) whose `load` builds it; imported on first use
+DATASETS: dict[str, str] = {
+    "synthetic": "synthetic",
+}
+
+DEFAULT_ROOT = "data"
+
+
+def load_data(name: str, root: str | Path = DEFAULT_ROOT, *, batch_size: int = 64, seed: int = 0,
+              **options) -> Data:
+    """Load dataset `name` from `root/<name>/` (the embedded ones need no files) as a `Data`."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    module = importlib.import_module(f".{DATASETS[name]}", __name__)
+    return module.load(Path(root) / name, batch_size=batch_size, seed=seed, **options)
+
+
+__all__ = ["Batch", "Data", "DATASETS", "TensorLoader", "collate", "load_data", "split_indices"]

@@ -1,0 +1,141 @@
+"""The data contracts: `Batch` (inputs keyed by modality), `Data` (three splits and a task) and an
+in-memory loader with seeded, per-epoch shuffling that can be sharded across processes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+CARDS = Path(__file__).resolve().parents[2] / "data_cards"
+
+
+def card(name: str) -> str:
+    """Path of a dataset's data card, for error messages."""
+    return f"data_cards/{name}.md"
+
+
+@dataclass
+class Batch:
+    """One mini-batch: `inputs[m]` is modality m's tensor (B, ...); `target` the labels (B, ...)."""
+
+    inputs: dict[str, torch.Tensor]
+    target: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    """per-sample extras that are not model inputs, e.g. {"case": [...]} for per-volume Dice"""
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch({m: x.to(device, non_blocking=non_blocking) for m, x in self.inputs.items()},
+                     self.target.to(device, non_blocking=non_blocking), self.meta)
+
+    def pin_memory(self) -> "Batch":
+        return Batch({m: x.pin_memory() for m, x in self.inputs.items()}, self.target.pin_memory(), self.meta)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+@dataclass
+class Data:
+    """A dataset ready for training: loaders for three splits, the task and modality facts."""
+
+    name: str
+    train: Iterable[Batch]
+    val: Iterable[Batch]
+    test: Iterable[Batch]
+    task: Any
+    """a cggmlib.tasks task: loss, CGGM's per-batch metric, evaluation metrics"""
+    input_dims: dict[str, Any]
+    """modality -> per-step feature size (int) or input shape (tuple), in modality order"""
+    standin: bool = False
+    """True when the files are a synthetic stand-in written by `cggm make-standin`, not the real data"""
+    info: dict = field(default_factory=dict)
+    """sizes, source, notes and checks (e.g. non-finite values replaced) for reports and `doctor`"""
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.input_dims)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.task.num_outputs
+
+
+def collate(samples: list[tuple[dict, torch.Tensor, dict]]) -> Batch:
+    """Stack a list of (inputs, target, meta) samples into one Batch."""
+    inputs = {m: torch.stack([s[0][m] for s in samples]) for m in samples[0][0]}
+    target = torch.stack([torch.as_tensor(s[1]) for s in samples])
+    meta = {k: [s[2][k] for s in samples] for k in (samples[0][2] if len(samples[0]) > 2 else {})}
+    return Batch(inputs, target, meta)
+
+
+class TensorLoader:
+    """Mini-batches of in-memory tensors, without per-sample collation.
+
+    Shuffling is seeded by (seed, epoch): call `set_epoch(e)` before iterating, so a resumed run sees
+    the same order as an uninterrupted one. `shard(rank, world_size)` keeps every world_size-th
+    sample of each epoch's order, for distributed data parallel training.
+    """
+
+    def __init__(self, inputs: dict[str, torch.Tensor], target: torch.Tensor, batch_size: int,
+                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, meta: dict | None = None):
+        n = len(target)
+        for m, x in inputs.items():
+            if len(x) != n:
+                raise ValueError(f"modality {m!r} has {len(x)} samples but the target has {n}")
+        self.inputs, self.target, self.meta = inputs, target, meta or {}
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch, self.rank, self.world_size = 0, 0, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self, rank: int, world_size: int) -> "TensorLoader":
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.target)
+
+    def _order(self) -> torch.Tensor:
+        n = len(self.target)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            usable = n - n % self.world_size
+            order = order[:usable][self.rank::self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self._order())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._order()
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                return
+            meta = {k: [v[i] for i in idx.tolist()] for k, v in self.meta.items()}
+            yield Batch({m: x[idx] for m, x in self.inputs.items()}, self.target[idx], meta)
+
+
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int,
+                  stratify: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded train/val/test index split; with `stratify`, each class is split in the same proportions."""
+    g = torch.Generator().manual_seed(seed)
+    groups = [torch.arange(n)] if stratify is None else [
+        (stratify == c).nonzero().flatten() for c in torch.unique(stratify)]
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    for idx in groups:
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_train = round(fractions[0] * len(idx))
+        n_val = round(fractions[1] * len(idx))
+        for k, chunk in enumerate((idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
+            parts[k].append(chunk)
+    return tuple(torch.sort(torch.cat(p)).values for p in parts)

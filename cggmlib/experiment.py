@@ -1,0 +1,34 @@
+"""`run_experiment(cfg)`: data → model → strategy → train → run folder, the path every notebook and
+`cggm train` take. `cggm reproduce` reuses a completed folder whose configuration matches."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .data import load_data
+from .errors import ResultsError
+from .models import build_model
+from .modulation import make_strategy
+from .runs import load_run, save_run
+from .train import TrainResult, train
+from .trace import Trace
+
+
+def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool = False,
+                   progress: bool = True) -> TrainResult:
+    """Train one configuration; with `out_dir`, checkpoint there and write the run folder."""
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and skip_done and (out / "metrics.json").exists():
+        done = load_run(out)
+        if done["config"] == json.loads(json.dumps(cfg.to_dict(), default=str)):
+            return TrainResult(Trace(done["trace"].to_dict("records")), done["metrics"],
+                               done["metrics"].get("best_epoch", -1), 0.0)
+        raise ResultsError(f"{out} holds a completed run of a different configuration; "
+                           "choose another --out folder or delete that one")
+    data = load_data(cfg.dataset, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, **cfg.data_kwargs)
+    model = build_model(cfg.dataset, data, cfg.preset, **cfg.model_kwargs)
+    strategy = make_strategy(cfg.strategy, **cfg.strategy_kwargs)
+    result = train(model, strategy, data, cfg, out_dir=out, resume=resume, progress=progress)
+    if out is not None:
+        save_run(out, cfg, result, data)
+    return result

@@ -1,0 +1,120 @@
+"""Task metrics as pure functions of predictions and targets (tensors in, floats or tensors out).
+
+Reference code: zrguo/CGGM:src/eval_metrics.py (itself MulT's), re-written; the tests check each
+function against scikit-learn or hand-computed values.
+"""
+from __future__ import annotations
+
+import torch
+
+# --------------------------------------------------------------------------- classification
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy of (B, C) logits against (B,) class indices, as a 0-d tensor on their device."""
+    return (logits.argmax(dim=-1) == target).float().mean()
+
+
+def f1_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Weighted and macro F1 of (N,) predicted and true class indices (scikit-learn's definitions).
+
+    Weighted F1 averages per-class F1 weighted by the class's support in `target`; macro F1 is the
+    unweighted mean over the classes that occur in `target` or `pred` (as scikit-learn does).
+    """
+    pred, target = pred.long().flatten().cpu(), target.long().flatten().cpu()
+    conf = torch.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+    tp = conf.diag().double()
+    support = conf.sum(1).double()
+    predicted = conf.sum(0).double()
+    denom = support + predicted
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    present = denom > 0
+    weighted = float((f1 * support).sum() / support.sum()) if support.sum() > 0 else 0.0
+    macro = float(f1[present].mean()) if present.any() else 0.0
+    return {"f1": weighted, "f1_macro": macro}
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """`acc`, weighted `f1` and `f1_macro` of (N, C) logits against (N,) class indices."""
+    pred = logits.argmax(dim=-1)
+    return {"acc": float((pred == target).float().mean())} | f1_scores(pred, target, logits.shape[-1])
+
+
+# --------------------------------------------------------------------------- regression (CMU-MOSI)
+
+
+def sign_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary accuracy of (pred > 0) against (target > 0), as the official per-batch MOSI metric.
+
+    Zero counts on the negative side, exactly as zrguo/CGGM:src/eval_metrics.py `train_eval_senti`.
+    """
+    return ((pred.flatten() > 0) == (target.flatten() > 0)).float().mean()
+
+
+def negative_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """−MAE: the paper's regression metric for ε (Sec. 3.3.1), negated so that higher is better.
+
+    The balance coefficients B are unchanged by the sign flip (they are ratios of gains).
+    """
+    return -(pred.flatten() - target.flatten()).abs().mean()
+
+
+def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """The CMU-MOSI metrics of MulT / CGGM's `eval_mosei_senti` on (N,) scores in [−3, 3].
+
+    - `acc2`: (pred > 0) vs (target > 0) over all samples, zero on the negative side (official code);
+    - `acc2_nonzero`: the same, excluding samples whose target is exactly 0;
+    - `f1`: weighted F1 of that binarisation (all samples), as the official code;
+    - `acc7` / `acc5`: equality after rounding clip(·, −3, 3) / clip(·, −2, 2);
+    - `mae`, `corr` (Pearson).
+    """
+    p, t = pred.double().flatten().cpu(), target.double().flatten().cpu()
+    out = {"acc2": float(((p > 0) == (t > 0)).double().mean())}
+    nz = t != 0
+    out["acc2_nonzero"] = float(((p[nz] > 0) == (t[nz] > 0)).double().mean()) if nz.any() else float("nan")
+    out["f1"] = f1_scores((p > 0).long(), (t > 0).long(), 2)["f1"]
+    out["acc7"] = float((p.clamp(-3, 3).round() == t.clamp(-3, 3).round()).double().mean())
+    out["acc5"] = float((p.clamp(-2, 2).round() == t.clamp(-2, 2).round()).double().mean())
+    out["mae"] = float((p - t).abs().mean())
+    if len(p) > 1 and p.std() > 0 and t.std() > 0:
+        out["corr"] = float(torch.corrcoef(torch.stack([p, t]))[0, 1])
+    else:
+        out["corr"] = float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------- segmentation (BraTS)
+
+#: BraTS regions after the official remap of label 4 to 3: class indices that make up each region.
+REGIONS = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
+
+
+def region_masks(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean masks of the WT/TC/ET regions of a label map with classes 0..3 (4 remapped to 3)."""
+    return {r: torch.isin(labels, torch.tensor(cls, device=labels.device)) for r, cls in REGIONS.items()}
+
+
+def dice_counts(pred_labels: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-slice intersection and size sums for each region: {region: (B, 2)} of (2·|P∩T|, |P|+|T|).
+
+    pred_labels and target are (B, H, W) class maps. Summing these counts over the slices of a volume
+    gives the per-volume Dice; dividing per slice gives the per-slice Dice.
+    """
+    p, t = region_masks(pred_labels), region_masks(target)
+    dims = tuple(range(1, target.dim()))
+    return {r: torch.stack([2 * (p[r] & t[r]).sum(dims), p[r].sum(dims) + t[r].sum(dims)], dim=-1).double()
+            for r in REGIONS}
+
+
+def dice_from_counts(counts: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Dice = (2|P∩T| + eps) / (|P| + |T| + eps); an empty prediction of an empty target scores 1."""
+    return (counts[..., 0] + eps) / (counts[..., 1] + eps)
+
+
+def mean_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Mean of Dice(ET), Dice(TC), Dice(WT) over the slices of a batch, as the official `train_eval_seg`.
+
+    logits: (B, C, H, W); target: (B, H, W) class indices. Returns a 0-d tensor on their device.
+    """
+    counts = dice_counts(logits.argmax(dim=1), target)
+    return torch.stack([dice_from_counts(c, eps).mean() for c in counts.values()]).mean().float()

@@ -1,0 +1,82 @@
+"""Strategy: the hooks of the one training loop. The base class is plain joint training.
+
+Hooks, in the order the loop calls them (see cggmlib/train.py):
+    setup(model, data)                       once: build auxiliary modules, optimizers, state
+    on_epoch_start(model, data, epoch)       per epoch: e.g. prototypes, loss weights
+    forward(model, batch, epoch) -> Output   per step: the model call (MRD drops inputs here)
+    loss(model, batch, out, epoch) -> Tensor the scalar to backpropagate
+    after_backward(model, batch, out, epoch) edit gradients between backward() and optimizer.step()
+and, at evaluation, `predict(model, inputs)`. Per-step hooks return dicts of scalars for the trace.
+
+With `observe=True` every strategy also trains the per-modality CGGM classifiers passively on
+detached features (never applied), so the same figures can compare joint training and CGGM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from ..models.base import Output, check_encoders
+from .classifiers import ModalityClassifiers
+
+
+@dataclass
+class Strategy:
+    """Joint training: the task loss, no modulation. Subclasses override only what they change."""
+
+    observe: bool = False
+    """train the per-modality CGGM classifiers on detached features and log them, without applying"""
+    head_lr: float = 5e-4
+    """learning rate of the per-modality classifiers (official `cls_lr`)"""
+    head_optimizer: str = "adam"
+    """optimizer of the per-modality classifiers: adam | adamw | sgd"""
+    head_weight_decay: float = 0.0
+
+    #: smallest number of modalities the strategy is defined for
+    min_modalities = 1
+
+    def setup(self, model, data) -> None:
+        """Once, before training: build auxiliary modules, optimizers and state."""
+        self.task = data.task
+        self.modalities = check_encoders(model, self.min_modalities)
+        self.classifiers = ModalityClassifiers.for_strategy(self, model) if self.uses_classifiers() else None
+
+    def uses_classifiers(self) -> bool:
+        return self.observe
+
+    def on_epoch_start(self, model, data, epoch: int) -> dict:
+        return {}
+
+    def forward(self, model, batch, epoch: int) -> Output:
+        return model(batch.inputs)
+
+    def loss(self, model, batch, out, epoch: int) -> torch.Tensor:
+        return self.task.loss(out.logits, batch.target)
+
+    def after_backward(self, model, batch, out, epoch: int) -> dict:
+        """Edit gradients in place; the base class only lets the observing classifiers learn."""
+        if self.classifiers is None:
+            return {}
+        stats = self.classifiers.observe(out.features, batch.target)
+        self.classifiers.step()
+        return stats
+
+    def predict(self, model, inputs) -> torch.Tensor:
+        """The prediction used at evaluation (the fused output; classifiers are dropped)."""
+        return model(inputs).logits
+
+    def parameters(self) -> list:
+        """Extra parameters trained by the loop's optimizer (e.g. a unimodal head); none here."""
+        return []
+
+    def hparams(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def state_dict(self) -> dict:
+        """Everything that crosses steps, for checkpoints; subclasses add their own state."""
+        return {"classifiers": self.classifiers.state_dict() if self.classifiers is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.classifiers is not None and state.get("classifiers") is not None:
+            self.classifiers.load_state_dict(state["classifiers"])

@@ -1,0 +1,141 @@
+"""The per-modality classifiers f_m of CGGM, trained on detached encoder features.
+
+They read `out.features[m].detach()`, so their loss never reaches the encoders; they have their own
+optimizer and learning rate (official `cls_optimizer`, `cls_lr`). Used by CGGM, and by any strategy
+with `observe=True` to measure per-modality learning without changing it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """adam | adamw | sgd (momentum 0.9), as the official scripts use them."""
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; choose adam, adamw or sgd")
+
+
+class PooledLinear(nn.Module):
+    """Fallback classifier for a model without `modality_classifier`: mean-pool, then one Linear."""
+
+    def __init__(self, feature_dim: int, num_outputs: int):
+        super().__init__()
+        self.out_layer = nn.Linear(feature_dim, num_outputs)
+
+    def forward(self, feature):
+        if feature.dim() > 2:  # (B, T, D) -> (B, D)
+            feature = feature.flatten(1, -2).mean(1)
+        return self.out_layer(feature)
+
+
+class ModalityClassifiers(nn.Module):
+    """f_m for every modality, their optimizer, and the per-batch metric ε_m of each."""
+
+    def __init__(self, heads: dict[str, nn.Module] | None, task, lr: float, optimizer: str = "adam",
+                 weight_decay: float = 0.0, model: nn.Module | None = None):
+        super().__init__()
+        self.task, self.lr, self.optimizer_name, self.weight_decay = task, lr, optimizer, weight_decay
+        self.heads = nn.ModuleDict(heads or {})
+        self._model = [model]  # not a submodule: its parameters belong to the loop's optimizer
+        self.optimizer = make_optimizer(optimizer, self.heads.parameters(), lr, weight_decay) if heads else None
+
+    @classmethod
+    def for_strategy(cls, strategy, model, heads: dict | None = None) -> "ModalityClassifiers":
+        if heads is None and hasattr(model, "modality_classifier"):
+            try:
+                heads = {m: model.modality_classifier(m) for m in model.encoders}
+            except NotImplementedError:
+                heads = None
+        if heads is not None:
+            device = next(model.parameters()).device
+            heads = {m: h.to(device) for m, h in heads.items()}
+            missing = [m for m in model.encoders if m not in heads]
+            if missing:
+                raise ConfigError(f"classifiers given for {sorted(heads)} but the model has modalities "
+                                  f"{list(model.encoders)}; missing {missing}")
+        return cls(heads, strategy.task, strategy.head_lr, strategy.head_optimizer,
+                   strategy.head_weight_decay, model)
+
+    def _build_lazily(self, features: dict[str, torch.Tensor]) -> None:
+        """Fallback heads (PooledLinear) once the feature shapes are known."""
+        out_dim = self.task.num_outputs
+        for m, f in features.items():
+            self.heads[m] = PooledLinear(f.shape[-1], out_dim).to(f.device)
+        self.optimizer = make_optimizer(self.optimizer_name, self.heads.parameters(), self.lr, self.weight_decay)
+        if getattr(self, "_pending_state", None) is not None:
+            self.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not len(self.heads):
+            self._build_lazily(features)
+        device_type = next(iter(features.values())).device.type
+        with torch.autocast(device_type, enabled=False):  # small heads: full precision, no GradScaler
+            return {m: self.heads[m](f.detach().float()) for m, f in features.items()}
+
+    def observe(self, features, target, metric=None, backward: bool = True) -> dict:
+        """Forward every f_m on detached features, backpropagate Σ_m loss_m into the heads only.
+
+        Returns tensors (on the features' device, no host sync): `acc_head/m` (the task's per-batch
+        metric ε), `loss_head/m`, and keeps the predictions in `self.last_preds` for callers.
+        """
+        self.optimizer and self.optimizer.zero_grad(set_to_none=True)
+        preds = self(features)
+        losses = {m: self.task.loss(z, target) for m, z in preds.items()}
+        if backward:
+            torch.stack(list(losses.values())).sum().backward()
+        metric = metric or self.task.step_metric
+        with torch.no_grad():
+            self.last_metric = {m: metric(z.detach(), target) for m, z in preds.items()}
+        self.last_preds = preds
+        stats = {f"acc_head/{m}": self.task.step_metric(z.detach(), target) for m, z in preds.items()}
+        stats |= {f"loss_head/{m}": l.detach() for m, l in losses.items()}
+        return stats
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def out_weight(self, m: str) -> torch.Tensor:
+        return self.heads[m].out_layer.weight
+
+    def weight_cosines(self, fused_weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """cos(vec W_fused, vec W_m) of the output-layer weights (official `cal_cos`), detached."""
+        with torch.no_grad():
+            return {m: _cos(fused_weight, self.out_weight(m)) for m in self.heads}
+
+    def grad_cosines(self, fused_grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """cos(vec ∇W_fused L, vec ∇W_m L_m) of the output-layer gradients (the paper's sim), detached."""
+        with torch.no_grad():
+            out = {}
+            for m in self.heads:
+                g = self.out_weight(m).grad
+                out[m] = _cos(fused_grad, g) if fused_grad is not None and g is not None else torch.tensor(float("nan"))
+            return out
+
+    def state_dict(self, *args, **kwargs):
+        return {"heads": self.heads.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
+
+    def load_state_dict(self, state, strict: bool = True):
+        if not len(self.heads):  # fallback heads are built on the first batch; restore them then
+            self._pending_state = state
+            return
+        self.heads.load_state_dict(state["heads"])
+        if state.get("optimizer") is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.shape != b.shape:
+        return torch.tensor(float("nan"), device=a.device)
+    return F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0)

@@ -1,0 +1,72 @@
+"""Optimizer, learning-rate schedule and mixed precision for the loop, as the official scripts set them."""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from .modulation.classifiers import make_optimizer
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    return make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+
+
+class CosineWarmup:
+    """Per-step LR: linear warm-up from 4e-4 over `warmup_epochs`, then cosine from base to base/10.
+
+    As zrguo/CGGM:src/eval_metrics.py `cosine_scheduler` drives BraTS (0.01 → 0.001, 10 warm-up epochs).
+    """
+
+    def __init__(self, optimizer, base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: int,
+                 final_lr: float | None = None, warmup_start: float = 4e-4):
+        self.optimizer, self.base, self.final = optimizer, base_lr, base_lr / 10 if final_lr is None else final_lr
+        self.total, self.warm = max(1, epochs * steps_per_epoch), warmup_epochs * steps_per_epoch
+        self.start, self.step_count = min(warmup_start, base_lr), 0
+        self._apply()
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warm:
+            return self.start + (self.base - self.start) * step / self.warm
+        progress = (step - self.warm) / max(1, self.total - self.warm)
+        return self.final + 0.5 * (self.base - self.final) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _apply(self):
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step_count)
+
+    def step(self):
+        self.step_count += 1
+        self._apply()
+
+    def state_dict(self):
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state):
+        self.step_count = state["step_count"]
+        self._apply()
+
+
+def build_scheduler(cfg, optimizer, steps_per_epoch: int):
+    """(scheduler, when): when is "step", "epoch" (stepped with the validation loss) or None."""
+    if cfg.scheduler == "plateau":  # official: ReduceLROnPlateau(val loss), factor 0.1, patience `when`=10
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=10), "epoch"
+    if cfg.scheduler == "cosine":
+        return CosineWarmup(optimizer, cfg.lr, cfg.epochs, steps_per_epoch, cfg.warmup_epochs), "step"
+    return None, None
+
+
+def amp_setup(amp: str, device: torch.device):
+    """(autocast context factory, GradScaler or None) for amp = off | auto | bf16 | fp16.
+
+    bf16 needs no scaler. fp16 uses a GradScaler; the loop unscales before modulation and clipping,
+    so CGGM always edits true gradients.
+    """
+    if amp == "off" or device.type == "cpu" and amp in ("auto", "fp16"):
+        return nullcontext, None
+    if amp == "auto":
+        amp = "bf16" if device.type != "cuda" or torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
