@@ -56,11 +56,11 @@ def _pairs(items: list[str], what: str) -> dict:
 
 def strategy_options(strategy: str, extra: list[str]) -> dict:
     """Turn ['--rho', '1.2', '--guard', 'true'] into {'rho': 1.2, 'guard': True}, checked against fields."""
-    from ..modulation import STRATEGIES
+    from ..modulation import STRATEGIES, strategy_class
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
-    fields = {f.name for f in dataclasses.fields(STRATEGIES[strategy])}
+    fields = {f.name for f in dataclasses.fields(strategy_class(strategy))}
     out, i = {}, 0
     while i < len(extra):
         flag = extra[i]

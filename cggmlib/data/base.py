@@ -62,6 +62,29 @@ class Data:
         return self.task.num_outputs
 
 
+@dataclass
+class DoctorReport:
+    """What `cggm doctor` prints for one dataset: a table of checks and the problems found.
+
+    Each row: {"check": what was checked, "value": what was found, "ok": bool}. Each problem is one
+    actionable sentence naming the file, the field and what was expected (and the data card).
+    """
+
+    dataset: str
+    path: Path
+    rows: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, check: str, value, ok: bool = True, problem: str | None = None) -> None:
+        self.rows.append({"check": check, "value": value, "ok": bool(ok)})
+        if not ok and problem:
+            self.problems.append(problem)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 def collate(samples: list[tuple[dict, torch.Tensor, dict]]) -> Batch:
     """Stack a list of (inputs, target, meta) samples into one Batch."""
     inputs = {m: torch.stack([s[0][m] for s in samples]) for m in samples[0][0]}

@@ -15,6 +15,7 @@ def _mlp(data, **kwargs) -> nn.Module:
 #: dataset name -> builder(data, **model_kwargs); presets live in cggmlib.presets
 MODELS = {
     "synthetic": _mlp,
+    "mfeat": _mlp,
 }
 
 
