@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import Batch, Data, DoctorReport, TensorLoader, collate, split_indices
+from .base import Batch, Data, DoctorReport, TensorLoader, checksums, collate, split_indices
 
 #: dataset name -> module (inside cggmlib.data) whose `load` builds it; imported on first use
 DATASETS: dict[str, str] = {
@@ -35,4 +35,4 @@ def load_data(name: str, root: str | Path = DEFAULT_ROOT, *, batch_size: int = 6
     return module.load(Path(root) / name, batch_size=batch_size, seed=seed, **options)
 
 
-__all__ = ["Batch", "Data", "DoctorReport", "DATASETS", "TensorLoader", "collate", "load_data", "split_indices"]
+__all__ = ["Batch", "Data", "DoctorReport", "checksums", "DATASETS", "TensorLoader", "collate", "load_data", "split_indices"]
