@@ -21,7 +21,7 @@ _SMOKE_TRAIN = dict(batch_size=64, epochs=3, optimizer="adam", lr=1e-3, weight_d
                     scheduler="none")
 
 TRAIN: dict[str, dict[str, dict]] = {
-    "synthetic": {"smoke": _SMOKE_TRAIN | dict(epochs=10), "paper": _SMOKE_TRAIN | dict(epochs=30)},
+    "synthetic": {"smoke": _SMOKE_TRAIN | dict(epochs=20), "paper": _SMOKE_TRAIN | dict(epochs=40)},
     "mfeat": {"smoke": _SMOKE_TRAIN | dict(epochs=20), "paper": _SMOKE_TRAIN | dict(epochs=60)},
     "mosi": {"smoke": _SMOKE_TRAIN, "paper": _MSA_TRAIN},
     # the paper (Sec. 4.2) says AdamW for IEMOCAP; the released run/iemo_run.py uses Adam

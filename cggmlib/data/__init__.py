@@ -6,6 +6,7 @@ loader's module docstring names its data card in data_cards/.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -32,6 +33,12 @@ def load_data(name: str, root: str | Path = DEFAULT_ROOT, *, batch_size: int = 6
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     module = importlib.import_module(f".{DATASETS[name]}", __name__)
+    params = inspect.signature(module.load).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        accepted = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("batch_size", "seed"))
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(f"dataset {name!r} has no option(s) {unknown}; its options are {accepted}")
     return module.load(Path(root) / name, batch_size=batch_size, seed=seed, **options)
 
 
