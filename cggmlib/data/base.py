@@ -188,3 +188,42 @@ def split_indices(n: int, fractions: tuple[float, float, float], seed: int,
         for k, chunk in enumerate((idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
             parts[k].append(chunk)
     return tuple(torch.sort(torch.cat(p)).values for p in parts)
+
+
+class Ragged:
+    """Variable-length sequences (T_i, d...) stored flat; `ragged[idx]` zero-pads the selected ones at
+    the end to their longest (at least `min_len`, at least 1), so a `TensorLoader` whose inputs are
+    `Ragged` pads per batch (IEMOCAP utterances of 5 to 1,000+ frames)."""
+
+    def __init__(self, seqs: list[torch.Tensor], min_len: int = 0):
+        self.lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        self.flat = torch.cat(list(seqs)) if len(seqs) else torch.zeros(0)
+        self.min_len = int(min_len)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def shape(self) -> tuple:
+        """(N, longest T, d...) — the shape of `self[all]`."""
+        return (len(self), int(self.lengths.max()) if len(self) else 0, *self.flat.shape[1:])
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx).reshape(-1)
+        lens = self.lengths[idx]
+        longest = max(int(lens.max()) if len(idx) else 0, self.min_len, 1)
+        out = self.flat.new_zeros((len(idx), longest, *self.flat.shape[1:]))
+        for row, (start, n) in enumerate(zip(self.offsets[idx].tolist(), lens.tolist())):
+            out[row, :n] = self.flat[start:start + n]
+        return out
+
+
+def check_options(dataset: str, options: dict, known) -> None:
+    """Raise ConfigError for a loader option that does not exist (a typo must not pass silently)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{dataset}: unknown data option(s) {unknown}; the options are {sorted(known)} "
+                          f"(see {card(dataset)})")

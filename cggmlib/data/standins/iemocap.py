@@ -1,0 +1,88 @@
+"""IEMOCAP stand-in: synthetic features in the exact MMIN release layout.
+
+Writes `A/comparE.h5` (one (T, 130) float32 dataset per utterance id, raw scale),
+`A/comparE_mean_std.h5` (groups '1'..'10', each with `mean` and `std` (130,) of that fold's training
+frames), `V/denseface.h5` ((T, 342)), `L/bert_large.h5` ((T, 1024)) and
+`target/<fold>/{trn,val,tst}_label.npy` (one-hot (N, 4) float32) with `{trn,val,tst}_int2name.npy`
+((N, 1) bytes ids, e.g. b'Ses01F_impro01_F000'), for 10 speaker-independent folds: fold k tests on
+speaker k and validates on the other speaker of the same session.
+
+Lengths vary as in the release: text 5–22 tokens, vision 10–50 frames, audio 20–340 frames plus
+`long_audio` utterances of 360–480 frames (longer than the official 350-frame pad). Each modality sees
+the class through fixed random prototypes with a per-utterance nuisance: text is strong, audio
+weaker, vision weakest (class order arbitrary). Class frequencies follow the 4-class IEMOCAP subset.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import atomic_path, mark, save_npy
+
+DIMS = {"text": 1024, "audio": 130, "vision": 342}
+FILES = {"text": "L/bert_large.h5", "audio": "A/comparE.h5", "vision": "V/denseface.h5"}
+STRENGTH = {"text": 8.0, "audio": 2.5, "vision": 2.0}
+"""norm of each class prototype, in units of the per-coordinate, per-utterance nuisance"""
+CLASS_FREQ = np.array([1708, 1636, 1103, 1084]) / 5531
+SPEAKERS = [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"]
+
+
+def _lengths(rng, n: int, long_audio: int) -> dict:
+    audio = np.clip(rng.lognormal(np.log(140), 0.5, size=n), 20, 340).astype(int)
+    audio[rng.choice(n, size=min(long_audio, n), replace=False)] = rng.integers(360, 481, size=min(long_audio, n))
+    return {"text": rng.integers(5, 23, size=n), "audio": audio, "vision": rng.integers(10, 51, size=n)}
+
+
+def _features(rng, y: np.ndarray, lengths: dict) -> dict:
+    out = {}
+    for m, d in DIMS.items():
+        protos = rng.standard_normal((4, d)) * STRENGTH[m] / np.sqrt(d)
+        utts = protos[y] + rng.standard_normal((len(y), d))
+        out[m] = [(u[None, :] + 0.5 * rng.standard_normal((t, d))).astype(np.float32) for u, t in zip(utts, lengths[m])]
+    # ComParE values are on raw, very different scales: the fold statistics must matter
+    scale, offset = np.exp(rng.normal(0, 1.5, DIMS["audio"])), rng.normal(0, 5, DIMS["audio"])
+    out["audio"] = [(x * scale + offset).astype(np.float32) for x in out["audio"]]
+    return out
+
+
+def _write_h5(path: Path, names: list[str], seqs: list[np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            for name, x in zip(names, seqs):
+                h5.create_dataset(name, data=x)
+
+
+def write(path: Path, seed: int = 0, utterances: int = 300, long_audio: int = 4, folds: int = 10) -> Path:
+    """Write the stand-in into folder `path` (`folds` ≤ 10 target folders; mean/std for each)."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    n = int(utterances)
+    speaker = rng.permutation(np.arange(n) % len(SPEAKERS))
+    names = [f"{SPEAKERS[s]}_{'impro' if i % 2 else 'script'}0{1 + i % 6}_{SPEAKERS[s][-1]}{i:03d}"
+             for i, s in enumerate(speaker)]
+    y = rng.choice(4, size=n, p=CLASS_FREQ)
+    lengths = _lengths(rng, n, int(long_audio))
+    feats = _features(rng, y, lengths)
+    for m, rel in FILES.items():
+        _write_h5(path / rel, names, feats[m])
+    onehot = np.eye(4, dtype=np.float32)[y]
+    ids = np.array([[name.encode()] for name in names])
+    with atomic_path(path / "A/comparE_mean_std.h5") as tmp, h5py.File(tmp, "w") as h5:
+        for fold in range(1, int(folds) + 1):
+            test_spk = fold - 1
+            val_spk = test_spk + 1 if test_spk % 2 == 0 else test_spk - 1  # the session's other speaker
+            parts = {"tst": speaker == test_spk, "val": speaker == val_spk}
+            parts["trn"] = ~(parts["tst"] | parts["val"])
+            for split, mask in parts.items():
+                idx = np.flatnonzero(mask)
+                save_npy(path / "target" / str(fold) / f"{split}_label.npy", onehot[idx])
+                save_npy(path / "target" / str(fold) / f"{split}_int2name.npy", ids[idx])
+            frames = np.concatenate([feats["audio"][i] for i in np.flatnonzero(parts["trn"])])
+            g = h5.create_group(str(fold))
+            g.create_dataset("mean", data=frames.mean(0).astype(np.float32))
+            g.create_dataset("std", data=frames.std(0).astype(np.float32))
+    mark(path, "iemocap", seed, {"utterances": n, "long_audio": int(long_audio), "folds": int(folds)},
+         writer=__name__)
+    return path
