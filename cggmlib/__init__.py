@@ -7,7 +7,8 @@ in one training loop with pluggable strategies.
     model = cg.build_model(cfg.dataset, data, cfg.preset)
     result = cg.train(model, cg.make_strategy(cfg.strategy, **cfg.strategy_kwargs), data, cfg)
 """
-from . import metrics, runs, tasks
+from . import figures, metrics, runs, tasks
+from .analysis import evaluate_classifiers
 from .config import Config
 from .data import DATASETS, Batch, Data, load_data
 from .errors import CGGMError, ConfigError, DataError, NumericsError, ResultsError
@@ -22,5 +23,5 @@ __version__ = "0.1.0"
 
 __all__ = ["Batch", "CGGM", "CGGMError", "Config", "ConfigError", "DATASETS", "Data", "DataError", "MODELS",
            "MultimodalModel", "NumericsError", "Output", "ResultsError", "STRATEGIES", "Strategy", "Trace",
-           "TrainResult", "build_model", "evaluate", "load_data", "load_run", "make_strategy", "metrics",
+           "TrainResult", "build_model", "evaluate", "evaluate_classifiers", "figures", "load_data", "load_run", "make_strategy", "metrics",
            "run_experiment", "runs", "save_run", "seed_everything", "tasks", "train"]

@@ -9,7 +9,7 @@ from .data import load_data
 from .errors import ResultsError
 from .models import build_model
 from .modulation import make_strategy
-from .runs import load_run, save_run
+from .runs import load_run, save_run, seed_everything
 from .train import TrainResult, train
 from .trace import Trace
 
@@ -25,6 +25,7 @@ def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool =
                                done["metrics"].get("best_epoch", -1), 0.0)
         raise ResultsError(f"{out} holds a completed run of a different configuration; "
                            "choose another --out folder or delete that one")
+    seed_everything(cfg.seed)  # the model's initial weights depend on the seed too
     data = load_data(cfg.dataset, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, **cfg.data_kwargs)
     model = build_model(cfg.dataset, data, cfg.preset, **cfg.model_kwargs)
     strategy = make_strategy(cfg.strategy, **cfg.strategy_kwargs)

@@ -29,6 +29,10 @@ class TrainResult:
     metrics: dict
     best_epoch: int
     wall_time_s: float
+    model: object = None
+    """the trained model (best epoch's weights), when trained in this process"""
+    strategy: object = None
+    data: object = None
 
 
 def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -108,7 +112,7 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     if best_weights is not None:
         model.load_state_dict(best_weights)
     metrics = summarize(trace.epochs(), data, loop["best_epoch"]) | {"skipped_steps": loop["skipped"]}
-    return TrainResult(trace, metrics, loop["best_epoch"], time.time() - started)
+    return TrainResult(trace, metrics, loop["best_epoch"], time.time() - started, model, strategy, data)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..models.base import Output, check_encoders
+from ..models.base import Output, check_encoders, fused_output_layer
 from .classifiers import ModalityClassifiers
 
 
@@ -59,6 +59,11 @@ class Strategy:
         if self.classifiers is None:
             return {}
         stats = self.classifiers.observe(out.features, batch.target)
+        stats |= self.classifiers.direction_stats(fused_output_layer(model))
+        # what the official CGGM would apply here (logged, never applied): B_m without ρ
+        total = self.classifiers.delta.sum() + 1e-8
+        stats |= {f"balance/{m}": (total - d) / total for m, d in zip(self.modalities, self.classifiers.delta)}
+        stats |= {f"coeff/{m}": torch.ones(()) for m in self.modalities}
         self.classifiers.step()
         return stats
 

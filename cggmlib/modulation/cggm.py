@@ -62,15 +62,6 @@ def direction_loss(coeff: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     return (coeff.abs().sum() - (coeff * cos).sum()) / len(coeff)
 
 
-def _mean_across_processes(t: torch.Tensor) -> torch.Tensor:
-    """Average a metric over data-parallel ranks so every replica computes the same coefficients."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = t.clone()
-        torch.distributed.all_reduce(t)
-        t /= torch.distributed.get_world_size()
-    return t
-
-
 @dataclass
 class CGGM(Strategy):
     rho: float = 1.3
@@ -109,30 +100,19 @@ class CGGM(Strategy):
         if self.classifiers_override is not None:
             self.classifiers = ModalityClassifiers.for_strategy(self, model, heads=self.classifiers_override)
         self.fused = fused_output_layer(model)
-        self.prev_eps = None  # ε^{t−1} per modality (zeros at the first step, never reset)
-        self.pending = None   # official: (B, W_fused, W_f_m) of step t, turned into L_gm at step t + 1
+        self.pending = None  # official: (B, W_fused, W_f_m) of step t, turned into L_gm at step t + 1
         self._paper_stats = None
 
     def active(self, epoch: int) -> bool:
         return epoch >= self.warmup_epochs
 
-    def _coefficients(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        eps = _mean_across_processes(eps.detach())
-        prev = torch.zeros_like(eps) if self.prev_eps is None else self.prev_eps
-        delta = eps - prev
-        self.prev_eps = eps
-        coeff = guarded_balance_coefficients(delta) if self.guard else balance_coefficients(delta)
-        return delta, coeff
-
-    def _observe(self, out, batch) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def _observe(self, out, batch) -> tuple[dict, torch.Tensor]:
+        """Train the classifiers on this batch; ε_m, Δε_m and the coefficients B_m (no ρ)."""
         metric = self.task.paper_metric if self.variant == "paper" else self.task.step_metric
         stats = self.classifiers.observe(out.features, batch.target, metric=metric)
-        eps = torch.stack([self.classifiers.last_metric[m] for m in self.modalities])
-        delta, coeff = self._coefficients(eps)
-        stats |= {f"eps/{m}": e for m, e in zip(self.modalities, eps)}
-        stats |= {f"delta/{m}": d for m, d in zip(self.modalities, delta)}
-        stats |= {f"balance/{m}": b for m, b in zip(self.modalities, coeff)}
-        return stats, delta, coeff
+        delta = self.classifiers.delta
+        coeff = guarded_balance_coefficients(delta) if self.guard else balance_coefficients(delta)
+        return stats | {f"balance/{m}": b for m, b in zip(self.modalities, coeff)}, coeff
 
     def loss(self, model, batch, out, epoch: int) -> torch.Tensor:
         task_loss = self.task.loss(out.logits, batch.target)
@@ -149,7 +129,7 @@ class CGGM(Strategy):
             self._l_gm = direction_loss(coeff, cos)
             return task_loss + self.lam * self._l_gm
         # paper: classifiers, coefficients and gradient cosines of this very step
-        stats, delta, coeff = self._observe(out, batch)
+        stats, coeff = self._observe(out, batch)
         coeff = self.rho * coeff  # Eq. 7: ρ inside B
         g_fused, = torch.autograd.grad(task_loss, self.fused.weight, create_graph=True)
         cos = torch.stack([_cos(g_fused, self.classifiers.out_weight(m).grad) for m in self.modalities])
@@ -162,7 +142,7 @@ class CGGM(Strategy):
         if self.variant == "paper" and active:
             stats, scale = self._paper_stats
         else:
-            stats, delta, coeff = self._observe(out, batch)
+            stats, coeff = self._observe(out, batch)
             scale = self.rho * coeff
             stats |= {f"cos_grad/{m}": c for m, c in self.classifiers.grad_cosines(self.fused.weight.grad).items()}
             if active and self.variant == "official" and self.lam:
@@ -183,11 +163,11 @@ class CGGM(Strategy):
         return stats
 
     def state_dict(self) -> dict:
-        return super().state_dict() | {"prev_eps": self.prev_eps, "pending": self.pending}
+        return super().state_dict() | {"pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.prev_eps, self.pending = state["prev_eps"], state["pending"]
+        self.pending = state["pending"]
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ class ModalityClassifiers(nn.Module):
         self.task, self.lr, self.optimizer_name, self.weight_decay = task, lr, optimizer, weight_decay
         self.heads = nn.ModuleDict(heads or {})
         self._model = [model]  # not a submodule: its parameters belong to the loop's optimizer
+        self.prev_eps = None
         self.optimizer = make_optimizer(optimizer, self.heads.parameters(), lr, weight_decay) if heads else None
 
     @classmethod
@@ -83,24 +84,40 @@ class ModalityClassifiers(nn.Module):
         with torch.autocast(device_type, enabled=False):  # small heads: full precision, no GradScaler
             return {m: self.heads[m](f.detach().float()) for m, f in features.items()}
 
-    def observe(self, features, target, metric=None, backward: bool = True) -> dict:
-        """Forward every f_m on detached features, backpropagate Σ_m loss_m into the heads only.
+    def observe(self, features, target, metric=None) -> dict:
+        """Forward every f_m on detached features and backpropagate Σ_m loss_m into the heads only.
 
-        Returns tensors (on the features' device, no host sync): `acc_head/m` (the task's per-batch
-        metric ε), `loss_head/m`, and keeps the predictions in `self.last_preds` for callers.
+        Sets `self.eps` (ε_m, the per-batch metric, averaged over data-parallel ranks) and
+        `self.delta` (Δε_m = ε_m^t − ε_m^{t−1}, with ε^0 = 0 and no reset between epochs), both (M,)
+        tensors in `self.modalities` order, and `self.last_preds`. Returns the trace scalars
+        `acc_head/m` (the task's official per-batch metric), `loss_head/m`, `eps/m`, `delta/m` as
+        device tensors: no host synchronisation.
         """
-        self.optimizer and self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
         preds = self(features)
         losses = {m: self.task.loss(z, target) for m, z in preds.items()}
-        if backward:
-            torch.stack(list(losses.values())).sum().backward()
+        torch.stack(list(losses.values())).sum().backward()
         metric = metric or self.task.step_metric
         with torch.no_grad():
-            self.last_metric = {m: metric(z.detach(), target) for m, z in preds.items()}
-        self.last_preds = preds
-        stats = {f"acc_head/{m}": self.task.step_metric(z.detach(), target) for m, z in preds.items()}
+            official = {m: self.task.step_metric(z, target) for m, z in preds.items()}
+            eps = torch.stack([official[m] if metric is self.task.step_metric else metric(z, target)
+                               for m, z in preds.items()])
+            eps = mean_across_processes(eps)
+            self.delta = eps - (torch.zeros_like(eps) if self.prev_eps is None else self.prev_eps)
+            self.eps = self.prev_eps = eps
+        self.modalities, self.last_preds = list(preds), preds
+        stats = {f"acc_head/{m}": a for m, a in official.items()}
         stats |= {f"loss_head/{m}": l.detach() for m, l in losses.items()}
+        stats |= {f"eps/{m}": e for m, e in zip(preds, eps)}
+        stats |= {f"delta/{m}": d for m, d in zip(preds, self.delta)}
         return stats
+
+    def direction_stats(self, fused_layer) -> dict:
+        """`cos_weight/m` and `cos_grad/m` between the fused output layer and each f_m's (no grad)."""
+        w = fused_layer.weight
+        stats = {f"cos_weight/{m}": c for m, c in self.weight_cosines(w).items()}
+        return stats | {f"cos_grad/{m}": c for m, c in self.grad_cosines(w.grad).items()}
 
     def step(self) -> None:
         self.optimizer.step()
@@ -123,7 +140,7 @@ class ModalityClassifiers(nn.Module):
             return out
 
     def state_dict(self, *args, **kwargs):
-        return {"heads": self.heads.state_dict(),
+        return {"heads": self.heads.state_dict(), "prev_eps": self.prev_eps,
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
 
     def load_state_dict(self, state, strict: bool = True):
@@ -131,8 +148,18 @@ class ModalityClassifiers(nn.Module):
             self._pending_state = state
             return
         self.heads.load_state_dict(state["heads"])
+        self.prev_eps = state.get("prev_eps")
         if state.get("optimizer") is not None and self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def mean_across_processes(t: torch.Tensor) -> torch.Tensor:
+    """Average over data-parallel ranks, so every replica computes the same coefficients."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        t /= torch.distributed.get_world_size()
+    return t
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
