@@ -18,6 +18,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "cosine")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 NONFINITE = ("raise", "skip")
+#: dataset name for your own data: cg.train(model, strategy, my_data, Config(dataset="custom", ...))
+CUSTOM = "custom"
+CUSTOM_TRAIN = dict(batch_size=64, epochs=10, optimizer="adam", lr=1e-3, weight_decay=0.0, grad_clip=0.8,
+                    scheduler="none")
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ class Config:
         from .modulation import STRATEGIES, strategy_defaults
         from .presets import PRESETS, train_kwargs
 
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {sorted(DATASETS)}")
+        if self.dataset not in DATASETS and self.dataset != CUSTOM:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {sorted(DATASETS)}, or "
+                              f"{CUSTOM!r} for your own data passed to cg.train")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {sorted(STRATEGIES)}")
         if self.preset not in PRESETS:
@@ -72,7 +77,7 @@ class Config:
         for name in ("strategy_kwargs", "data_kwargs", "model_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
-        preset = train_kwargs(self.dataset, self.preset)
+        preset = CUSTOM_TRAIN if self.dataset == CUSTOM else train_kwargs(self.dataset, self.preset)
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None:
                 object.__setattr__(self, f.name, preset.get(f.name, 0 if f.name == "warmup_epochs" else None))

@@ -52,10 +52,11 @@ def make_strategy(name: str, **kwargs) -> Strategy:
 
 def strategy_defaults(name: str, dataset: str, preset: str) -> dict:
     """The dataset preset's values for the options this strategy has (e.g. ρ, λ, classifier lr)."""
-    from ..presets import cggm_kwargs
+    from ..presets import CGGM as CGGM_PRESETS, cggm_kwargs
 
     known = {f.name for f in dataclasses.fields(strategy_class(name))}
-    return {k: v for k, v in cggm_kwargs(dataset, preset).items() if k in known}
+    defaults = cggm_kwargs(dataset, preset) if dataset in CGGM_PRESETS else {}
+    return {k: v for k, v in defaults.items() if k in known}
 
 
 __all__ = ["CGGM", "STRATEGIES", "Strategy", "make_strategy", "strategy_class", "strategy_defaults"]

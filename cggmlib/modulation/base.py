@@ -37,8 +37,12 @@ class Strategy:
     min_modalities = 1
 
     def setup(self, model, data) -> None:
-        """Once, before training: build auxiliary modules, optimizers and state."""
-        self.task = data.task
+        """Once, before training: build auxiliary modules, optimizers and state.
+
+        `data` is a `Data`, or just its task (e.g. `cg.tasks.Classification(4)`) when the strategy's
+        hooks are called from your own training loop.
+        """
+        self.task = getattr(data, "task", data)
         self.modalities = check_encoders(model, self.min_modalities)
         self.classifiers = ModalityClassifiers.for_strategy(self, model) if self.uses_classifiers() else None
 
