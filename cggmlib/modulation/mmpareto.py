@@ -86,6 +86,7 @@ class MMPareto(Strategy):
         return list(self.heads.parameters())
 
     def loss(self, model, batch, out, epoch: int) -> torch.Tensor:
+        self.heads.train(model.training)  # not submodules of the model: follow its mode
         uni = {m: self.task.loss(self.heads[m](out.features[m]), batch.target) for m in self.modalities}
         total_uni = torch.stack(list(uni.values())).sum()
         self._stats = {f"loss_head/{m}": l.detach() for m, l in uni.items()}

@@ -108,10 +108,18 @@ class QMF(Strategy):
         return Output(fused, features, preds)
 
     def forward(self, model, batch, epoch: int) -> Output:
+        self._follow(model)
         return self.fused(encode(model, batch.inputs))
 
     def predict(self, model, inputs) -> torch.Tensor:
+        self._follow(model)
         return self.fused(encode(model, inputs)).logits
+
+    def _follow(self, model) -> None:
+        """The heads are not submodules of the model: follow its train/eval mode (dropout, batch norm)."""
+        for heads in (self.heads, self.conf_heads):
+            if heads is not None:
+                heads.train(model.training)
 
     def _history(self, m: str, index, losses: torch.Tensor) -> torch.Tensor:
         """Add this batch's losses to the history of its samples; return their normalised histories."""

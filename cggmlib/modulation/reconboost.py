@@ -117,11 +117,13 @@ class ReconBoost(Strategy):
         return self.added or self.modalities
 
     def forward(self, model, batch, epoch: int) -> Output:
+        self.heads.train(model.training)  # not submodules of the model: follow its mode
         features = encode(model, batch.inputs)
         preds = {m: self.heads[m](features[m]) for m in self.modalities}
         return Output(self.ensemble(preds, self._members()), features, preds)
 
     def predict(self, model, inputs) -> torch.Tensor:
+        self.heads.train(model.training)
         features = encode(model, inputs)
         return self.ensemble({m: self.heads[m](features[m]) for m in self._members()}, self._members())
 
