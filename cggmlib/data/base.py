@@ -220,7 +220,7 @@ class Ragged:
 
 
 def check_options(dataset: str, options: dict, known) -> None:
-    """Raise ConfigError for a loader option that does not exist (a typo must not pass silently)."""
+    """Raise ConfigError for a loader option not in `known` (a typo must not pass silently)."""
     unknown = sorted(set(options) - set(known))
     if unknown:
         from ..errors import ConfigError

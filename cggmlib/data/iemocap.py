@@ -112,7 +112,8 @@ def read_target(root: Path, fold: int, split: str) -> tuple[list[str], np.ndarra
     """(utterance ids, class indices) of split 'trn' | 'val' | 'tst' of a fold, validated."""
     folder = root / "target" / str(fold)
     if not folder.is_dir():
-        found = sorted(p.name for p in (root / "target").iterdir()) if (root / "target").is_dir() else []
+        found = sorted((p.name for p in (root / "target").iterdir()), key=lambda n: (len(n), n)) \
+            if (root / "target").is_dir() else []
         raise DataError(f"IEMOCAP fold {fold} not found (folds present: {found})", path=folder,
                         expected=f"target/<fold>/ for fold in 1..{NUM_FOLDS}", card=CARD)
     fn, fl = folder / f"{split}_int2name.npy", folder / f"{split}_label.npy"
@@ -179,7 +180,7 @@ def _max_len(max_len, m: str):
 def load(path, *, batch_size: int = 64, seed: int = 0, fold: int = 1, max_len=None, audio_pad: int | None = None,
          norm: str = "trn", shuffle: bool = True, drop_last: bool = False, **options) -> Data:
     """IEMOCAP (MMIN features) as `Data`: `Classification(4)` on text, audio, vision; see the module docstring."""
-    check_options("iemocap", options, ())
+    check_options("iemocap", options, ("fold", "max_len", "audio_pad", "norm", "shuffle", "drop_last"))
     if fold not in range(1, NUM_FOLDS + 1):
         raise ConfigError(f"iemocap: fold must be 1..{NUM_FOLDS}, got {fold!r}")
     if norm not in ("trn", "utt", "none"):
@@ -190,8 +191,8 @@ def load(path, *, batch_size: int = 64, seed: int = 0, fold: int = 1, max_len=No
                         expected=f"the MMIN feature release (A/, V/, L/, target/) — or a stand-in from "
                                  f"`cggm make-standin iemocap --out {root.parent}`", card=CARD)
     files = {m: _file(root, rel) for m, rel in FILES.items()}
-    mean, std, zero_std = fold_stats(root, fold) if norm == "trn" else (0.0, 1.0, 0)
     targets = {s: read_target(root, fold, key) for s, key in SPLITS.items()}
+    mean, std, zero_std = fold_stats(root, fold) if norm == "trn" else (0.0, 1.0, 0)
     seqs = {s: {} for s in SPLITS}
     replaced = {s: {} for s in SPLITS}
     for m, f in files.items():

@@ -98,7 +98,7 @@ def read_views(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
 def load(path, *, batch_size: int = 64, seed: int = 0, split=(0.6, 0.2, 0.2), data_seed: int = 0,
          views=None, standardize: bool = True, shuffle: bool = True, **options) -> Data:
     """mfeat as `Data`: `Classification(10)` over up to six vector views (see the module docstring)."""
-    check_options("mfeat", options, ())
+    check_options("mfeat", options, ("split", "data_seed", "views", "standardize", "shuffle"))
     chosen = list(VIEWS) if views is None else [views] if isinstance(views, str) else list(views)
     if not chosen or any(v not in VIEWS for v in chosen):
         raise ConfigError(f"mfeat: views must be a non-empty subset of {list(VIEWS)}, got {views!r}")

@@ -174,7 +174,7 @@ def read(file: Path) -> dict[str, tuple[dict, np.ndarray, dict]]:
 def load(path, *, batch_size: int = 64, seed: int = 0, aligned: bool = True, file=None, shuffle: bool = True,
          drop_last: bool = False, **options) -> Data:
     """CMU-MOSI as `Data`: a `Regression()` task on text, audio, vision sequences (see the module docstring)."""
-    check_options("mosi", options, ())
+    check_options("mosi", options, ("aligned", "file", "shuffle", "drop_last"))
     target = resolve_file(Path(path), aligned, file)
     splits = read(target)
     nonfinite = {s: v[2]["nonfinite"] for s, v in splits.items()}

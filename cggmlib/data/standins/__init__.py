@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,10 +59,22 @@ def write_standin(name: str, data_root, seed: int = 0, overwrite: bool = False, 
     """Write the stand-in of dataset `name` into `data_root/<name>/` and return that folder.
 
     Refuses to write into a non-empty folder that is not itself a stand-in (it may hold the real
-    data); an existing stand-in is replaced only with `overwrite=True`.
+    data); an existing stand-in is deleted and rewritten only with `overwrite=True`.
     """
     if name not in STANDINS:
         raise ConfigError(f"no stand-in for dataset {name!r}; choose from {sorted(STANDINS)}")
+    try:
+        module = importlib.import_module(f".{STANDINS[name]}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{STANDINS[name]}":
+            raise
+        raise ConfigError(f"the stand-in writer for {name!r} is not installed in this version; "
+                          f"available: {available()}") from None
+    params = inspect.signature(module.write).parameters
+    accepted = [k for k in params if k not in ("path", "seed")]
+    unknown = sorted(set(size) - set(accepted))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"stand-in {name!r} has no size option(s) {unknown}; its options are {accepted}")
     folder = Path(data_root) / name
     if folder.is_dir() and any(folder.iterdir()):
         if not is_standin(folder):
@@ -69,14 +83,7 @@ def write_standin(name: str, data_root, seed: int = 0, overwrite: bool = False, 
         if not overwrite:
             raise DataError(f"{folder} already holds a stand-in; pass overwrite=True (CLI: --force) to rewrite it",
                             path=folder)
-        (folder / MARKER).unlink()
-    try:
-        module = importlib.import_module(f".{STANDINS[name]}", __name__)
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{STANDINS[name]}":
-            raise
-        raise ConfigError(f"the stand-in writer for {name!r} is not installed in this version; "
-                          f"available: {available()}") from None
+        shutil.rmtree(folder)  # a stand-in only: files of the old size must not linger
     out = Path(module.write(folder, seed=seed, **size))
     if not is_standin(out):
         mark(out, name, seed, size)
