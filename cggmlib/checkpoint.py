@@ -37,6 +37,12 @@ class Checkpointer:
         self.folder = Path(folder)
         self.path, self.best_path = self.folder / "checkpoint.pt", self.folder / "best.pt"
 
+    def remove_stale_temporaries(self) -> None:
+        """Delete `.<name>.*.tmp` files that a killed atomic write left behind (never a real file)."""
+        if self.folder.is_dir():
+            for tmp in self.folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def exists(self) -> bool:
         return self.path.exists()
 

@@ -47,6 +47,8 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     autocast, scaler = amp_setup(cfg.amp, device)
     trace, ckpt = Trace(), Checkpointer(out_dir) if out_dir else None
     loop = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_value": None, "skipped": 0}
+    if ckpt:
+        ckpt.remove_stale_temporaries()
     if resume and ckpt and ckpt.exists():
         loop = ckpt.restore(model, optimizer, scheduler, scaler, strategy, trace)
     save = lambda: ckpt and ckpt.save(model, optimizer, scheduler, scaler, strategy, loop, trace)  # noqa: E731
@@ -150,8 +152,8 @@ def _check_finite(cfg, loop, loss, total, norms, stats) -> bool:
     if cfg.nonfinite == "skip":
         loop["skipped"] += 1
         return False
-    raise NumericsError(f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient'} at step {loop['step']} "
-                        f"(epoch {loop['epoch']}): loss={float(loss):.4g}, gradient norm={float(total):.4g}; "
+    raise NumericsError(f"non-finite {'loss' if not torch.isfinite(loss.detach()) else 'gradient'} at step {loop['step']} "
+                        f"(epoch {loop['epoch']}): loss={float(loss.detach()):.4g}, gradient norm={float(total):.4g}; "
                         f"non-finite encoder gradients: {bad or 'none'}; last coefficients: {coeffs or 'none'}. "
                         "Lower the learning rate or ρ, use CGGM's guard=True, or set nonfinite='skip' to drop such steps")
 
