@@ -7,7 +7,7 @@ author's repository) and GeWu-Lab/BalanceBenchmark:balancemm/trainer/AGM_trainer
 
 Per step, with f(S) the fused output when only the modalities in S are fed (the others' features
 zeroed through `model.fuse`) and f(∅) := 0:
-    φ_m = Σ_{S ⊆ M∖{m}} |S|!(M−|S|−1)!/M! · [f(S ∪ {m}) − f(S)]     (mono-modal response, Σ_m φ_m = f(M))
+    φ_m = Σ_{S ⊆ M∖{m}} |S|!(M−|S|−1)!/M! · [f(S ∪ {m}) − f(S)]   (mono-modal response; Σ_m φ_m = f(M))
     s_m = mean_i ℓ(φ_m(x_i), y_i)                  (−log p_y, clipped at p = 1e-8, for classification)
     r_m = exp(M/(M−1) · (mean_k s_k − s_m))         (current competition ratio)
     r̂_m = the same with ŝ_m, the running mean of s_m over all previous steps (0 at the start)

@@ -10,7 +10,7 @@ first `proto_fraction` of the training batches, EMA-smoothed: c ← (1−μ) c_n
     p_m(k | x) = softmax_k(−‖z_m − c_{m,k}‖₂)          (prototype logits, Eq. 3)
     s_m = mean_i p_m(y_i | x_i),   ρ_m = max_j s_j / s_m  (imbalance ratio; M = 2: s_a / s_v)
     β_m = α · clip(ρ_m − 1, 0, 1)                         (only lagging modalities get a weight)
-    L = L_task + Σ_m β_m · CE(−‖z_m − c_m‖, y) − μ_PER · max_m(β_m/α) · H(p_lead)   (PER in early epochs)
+    L = L_task + Σ_m β_m · CE(−‖z_m − c_m‖, y) − μ_PER · max_m(β_m/α) · H(p_lead)   (PER: early epochs)
 
 Deviations:
 - M > 2: ρ_m against the leading modality, which reduces to the reference rule for M = 2
@@ -89,10 +89,10 @@ class PMR(Strategy):
                 raise ConfigError(f"pmr: {name} must be an integer >= 0, got {getattr(self, name)!r}")
 
     def setup(self, model, data) -> None:
-        if data.task.kind not in ("classification", "segmentation"):
-            raise ConfigError(f"pmr needs class labels: its prototypes are per-class mean features, and a "
-                              f"{data.task.kind} task has no classes. Use agm, mmpareto or cggm for {data.name}")
         super().setup(model, data)
+        if self.task.kind not in ("classification", "segmentation"):
+            raise ConfigError(f"pmr needs class labels: its prototypes are per-class mean features, and a "
+                              f"{self.task.kind} task has no classes; use agm, mmpareto or cggm instead")
         self.prototypes = None  # {m: (K, D)}, EMA over epochs
         self._stats = {}
 
@@ -119,8 +119,8 @@ class PMR(Strategy):
         if self.prototypes is None:
             self.prototypes = new
         else:  # EMA; a class missing from this subset keeps its previous prototype
-            self.prototypes = {m: torch.where(seen[m], (1 - self.momentum) * new[m] + self.momentum * self.prototypes[m],
-                                              self.prototypes[m]) for m in new}
+            ema = {m: (1 - self.momentum) * new[m] + self.momentum * self.prototypes[m] for m in new}
+            self.prototypes = {m: torch.where(seen[m], ema[m], self.prototypes[m]) for m in new}
         return {f"proto_classes_seen/{m}": s.float().mean() for m, s in seen.items()}
 
     def loss(self, model, batch, out, epoch: int) -> torch.Tensor:

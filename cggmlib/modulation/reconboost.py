@@ -97,6 +97,9 @@ class ReconBoost(Strategy):
         self.heads = nn.ModuleDict({m: model.modality_classifier(m) for m in self.modalities}).to(device)
         init = 1.0 / len(self.modalities) if self.task.kind == "regression" else 1.0
         self.boost_rate = nn.Parameter(torch.tensor(init, device=device))
+        if not hasattr(data, "train"):
+            raise ConfigError("reconboost needs the Data in setup(model, data): its stage lengths are counted in "
+                              "epochs of data.train")
         per_epoch = max(1, len(data.train))
         self.boost_steps = max(1, round(self.stage_epochs * per_epoch))
         self.rectify_steps = round(self.rectify_epochs * per_epoch)

@@ -13,6 +13,7 @@ batch) and the teacher settings (epochs, seed, preset). The initial weights are 
 every run of the same configuration reuses the same teachers, whatever its seed (as the reference
 reuses its unimodal checkpoints); set `teacher_seed` or `teacher_dir` to keep them apart.
 
+Data whose name is not a registered dataset is trained with the `custom` settings of `Config`.
 Training a teacher saves and restores the global random state, so a run that trains its teachers
 and one that loads them from the cache continue identically.
 """
@@ -94,18 +95,15 @@ def teacher_folder(model, data, cache_dir, **settings) -> Path:
 
 def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, preset: str) -> dict:
     """Train a copy of `model` on `modality` alone; return {encoder, head, metrics, best_epoch} states."""
-    from .. import Config
     from ..checkpoint import rng_state, set_rng_state
+    from ..config import CUSTOM, Config
     from ..data import DATASETS
     from ..train import train
 
-    if data.name not in DATASETS:
-        raise ConfigError(f"teachers are trained with the `{preset}` preset of a registered dataset; "
-                          f"{data.name!r} is not one of {sorted(DATASETS)} (name your Data after the dataset "
-                          "whose training settings fit it)")
     device = str(next(model.parameters()).device)
     overrides = {"epochs": epochs} if epochs is not None else {}
-    cfg = Config(dataset=data.name, strategy="unimodal", preset=preset, seed=seed, device=device, **overrides)
+    dataset = data.name if data.name in DATASETS else CUSTOM  # your own data: the `custom` training settings
+    cfg = Config(dataset=dataset, strategy="unimodal", preset=preset, seed=seed, device=device, **overrides)
     state = rng_state()
     try:
         copy_ = copy.deepcopy(model)
@@ -125,6 +123,9 @@ def unimodal_teachers(model, data, *, epochs: int | None = None, seed: int = 0, 
     """{m: Teacher} for every modality of `model`, loaded from the cache or trained and cached."""
     from ..runs import atomic_torch_save
 
+    if not hasattr(data, "train"):
+        raise ConfigError("umt/ume need the Data in setup(model, data): their unimodal teachers are trained on "
+                          "data.train and selected on data.val")
     folder = teacher_folder(model, data, cache_dir, epochs=epochs, seed=seed, preset=preset)
     device = next(model.parameters()).device
     teachers = {}
