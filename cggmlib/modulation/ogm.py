@@ -26,6 +26,8 @@ Deviations (natural extensions, each marked where it happens):
 - parameters: every parameter of encoder m (the reference scales only 4-D conv kernels, BalanceBenchmark
   every non-bias tensor); a one-element tensor gets no noise (its std is undefined);
 - the loop clips the global gradient norm after this hook (the reference does not clip).
+Trace, per step and modality: `coeff/m` (k_m applied, 1 outside the window), `ratio/m` (ρ_m), `score/m`
+(the batch *mean* score; ρ uses the sums, as the reference).
 """
 from __future__ import annotations
 
