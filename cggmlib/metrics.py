@@ -44,9 +44,11 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[s
 
 
 def sign_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary accuracy of (pred > 0) against (target > 0), as the official per-batch MOSI metric.
+    """Binary accuracy of (pred > 0) against (target > 0): the official per-batch MOSI metric ε.
 
-    Zero counts on the negative side, exactly as zrguo/CGGM:src/eval_metrics.py `train_eval_senti`.
+    The two classes are positive (> 0) and non-positive (≤ 0): a score of exactly 0 falls on the
+    negative side, as zrguo/CGGM:src/eval_metrics.py `train_eval_senti` (MulT's `> 0`). This is not
+    the "negative/non-negative" split (≥ 0) of MMSA-style tables (`acc2_nonneg` of regression_metrics).
     """
     return ((pred.flatten() > 0) == (target.flatten() > 0)).float().mean()
 
@@ -60,19 +62,23 @@ def negative_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """The CMU-MOSI metrics of MulT / CGGM's `eval_mosei_senti` on (N,) scores in [−3, 3].
+    """The CMU-MOSI metrics of MulT / CGGM's `eval_senti` on (N,) scores in [−3, 3].
 
-    - `acc2`: (pred > 0) vs (target > 0) over all samples, zero on the negative side (official code);
-    - `acc2_nonzero`: the same, excluding samples whose target is exactly 0;
-    - `f1`: weighted F1 of that binarisation (all samples), as the official code;
-    - `acc7` / `acc5`: equality after rounding clip(·, −3, 3) / clip(·, −2, 2);
-    - `mae`, `corr` (Pearson).
+    - `acc2`, `f1`: positive (> 0) vs non-positive (≤ 0, zero included) over all samples, F1 weighted
+      — what the official code computes (`eval_senti`, exclude_zero=False);
+    - `acc2_nonzero`, `f1_nonzero`: the same binarisation on samples whose target is not exactly 0
+      (MMSA's "Non0", negative/positive);
+    - `acc2_nonneg`, `f1_nonneg`: non-negative (≥ 0) vs negative over all samples (MMSA's "Has0",
+      negative/non-negative);
+    - `acc7` / `acc5`: equality after rounding (half to even, as numpy) clip(·, −3, 3) / clip(·, −2, 2);
+    - `mae`, `corr` (Pearson; NaN when either side is constant).
     """
     p, t = pred.double().flatten().cpu(), target.double().flatten().cpu()
-    out = {"acc2": float(((p > 0) == (t > 0)).double().mean())}
+    out = _binary(p > 0, t > 0, "")
     nz = t != 0
-    out["acc2_nonzero"] = float(((p[nz] > 0) == (t[nz] > 0)).double().mean()) if nz.any() else float("nan")
-    out["f1"] = f1_scores((p > 0).long(), (t > 0).long(), 2)["f1"]
+    out |= _binary(p[nz] > 0, t[nz] > 0, "_nonzero") if nz.any() else {"acc2_nonzero": float("nan"),
+                                                                         "f1_nonzero": float("nan")}
+    out |= _binary(p >= 0, t >= 0, "_nonneg")
     out["acc7"] = float((p.clamp(-3, 3).round() == t.clamp(-3, 3).round()).double().mean())
     out["acc5"] = float((p.clamp(-2, 2).round() == t.clamp(-2, 2).round()).double().mean())
     out["mae"] = float((p - t).abs().mean())
@@ -81,6 +87,11 @@ def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, fl
     else:
         out["corr"] = float("nan")
     return out
+
+
+def _binary(pred: torch.Tensor, target: torch.Tensor, suffix: str) -> dict[str, float]:
+    return {f"acc2{suffix}": float((pred == target).double().mean()),
+            f"f1{suffix}": f1_scores(pred.long(), target.long(), 2)["f1"]}
 
 
 # --------------------------------------------------------------------------- segmentation (BraTS)
@@ -107,8 +118,9 @@ def dice_counts(pred_labels: torch.Tensor, target: torch.Tensor) -> dict[str, to
 
 
 def dice_from_counts(counts: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Dice = (2|P∩T| + eps) / (|P| + |T| + eps); an empty prediction of an empty target scores 1."""
-    return (counts[..., 0] + eps) / (counts[..., 1] + eps)
+    """Dice = (2|P∩T| + 2ε) / (|P| + |T| + 2ε), as the official `Dice` (ε added to the intersection and
+    twice to the union); an empty prediction of an empty target scores 1."""
+    return (counts[..., 0] + 2 * eps) / (counts[..., 1] + 2 * eps)
 
 
 def mean_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

@@ -49,9 +49,31 @@ CGGM: dict[str, dict[str, dict]] = {
                   for p in PRESETS},
 }
 
+# Table 7 as run/{mosi,iemo,food}_run.py set it: d 40, 5 heads, encoder layers `nlevels`, fusion
+# nlevels - 2, classifiers 2 layers; dropouts attention / ReLU / embedding / residual / output.
+_MSA_SMOKE = dict(dim=16, heads=2, layers=1, fusion_layers=1, classifier_layers=1)
+_DEEPLAB_PAPER = dict(depth=101, width=64, output_stride=16, aspp_channels=256, aspp_dilations=(1, 2, 4, 6),
+                      decoder_channels=256)
+_DEEPLAB_TINY = dict(depth=101, width=8, blocks=(1, 1, 1), output_stride=16, aspp_channels=16,
+                     aspp_dilations=(1, 2, 4, 6), decoder_channels=16)
+
 MODEL: dict[str, dict[str, dict]] = {
     "synthetic": {"smoke": dict(hidden=64, feature_dim=32), "paper": dict(hidden=64, feature_dim=32)},
     "mfeat": {"smoke": dict(hidden=64, feature_dim=32), "paper": dict(hidden=128, feature_dim=64)},
+    "mosi": {"smoke": _MSA_SMOKE,
+             "paper": dict(dim=40, heads=5, layers=5, fusion_layers=3, classifier_layers=2, attn_dropout=0.15,
+                           relu_dropout=0.15, embed_dropout=0.2, res_dropout=0.1, out_dropout=0.1)},
+    "iemocap": {"smoke": _MSA_SMOKE,
+                "paper": dict(dim=40, heads=5, layers=4, fusion_layers=2, classifier_layers=2, attn_dropout=0.15,
+                              relu_dropout=0.15, embed_dropout=0.2, res_dropout=0.15, out_dropout=0.2)},
+    "food101": {"smoke": _MSA_SMOKE,
+                "paper": dict(dim=40, heads=5, layers=4, fusion_layers=2, classifier_layers=2, attn_dropout=0.2,
+                              relu_dropout=0.15, embed_dropout=0.2, res_dropout=0.15, out_dropout=0.1)},
+    # paper: four ResNet-101 DeepLabV3+ encoders (models/segmodel.py); smoke: the light U-Net.
+    # model_kwargs={"arch": "unet"} (or "deeplab") switches architecture and keeps the preset's sizes.
+    "brats2021": {"smoke": dict(arch="unet", unet=dict(channels=(4, 8, 16), head_channels=8), deeplab=_DEEPLAB_TINY),
+                  "paper": dict(arch="deeplab", deeplab=_DEEPLAB_PAPER,
+                                unet=dict(channels=(16, 32, 64, 128), head_channels=32))},
 }
 
 

@@ -5,17 +5,49 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import MultimodalModel, Output, check_encoders, fused_output_layer
+from .food import FOOD_ORDER, FoodModel
 from .mlp import LateFusionMLP
+from .msa import MSA_ORDER, MSAModel, ordered
 
 
 def _mlp(data, **kwargs) -> nn.Module:
     return LateFusionMLP(data.input_dims, data.num_outputs, **kwargs)
 
 
+def _msa(data, **kwargs) -> nn.Module:
+    return MSAModel(ordered(data.input_dims, MSA_ORDER), data.num_outputs, **kwargs)
+
+
+def _food(data, **kwargs) -> nn.Module:
+    return FoodModel(ordered(data.input_dims, FOOD_ORDER), data.num_outputs, **kwargs)
+
+
+def _brats(data, **kwargs) -> nn.Module:
+    from .seg import build_brats  # MONAI is imported only when a BraTS model is built
+
+    return build_brats(data, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "DeepLabMultiInput":
+        from .seg import DeepLabMultiInput
+
+        return DeepLabMultiInput
+    if name == "MultiEncoderUNet":
+        from .unet import MultiEncoderUNet
+
+        return MultiEncoderUNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: dataset name -> builder(data, **model_kwargs); presets live in cggmlib.presets
 MODELS = {
     "synthetic": _mlp,
     "mfeat": _mlp,
+    "mosi": _msa,
+    "iemocap": _msa,
+    "food101": _food,
+    "brats2021": _brats,
 }
 
 
@@ -28,5 +60,5 @@ def build_model(name: str, data, preset: str = "smoke", **overrides) -> nn.Modul
     return MODELS[name](data, **(model_kwargs(name, preset) | overrides))
 
 
-__all__ = ["MODELS", "LateFusionMLP", "MultimodalModel", "Output", "build_model", "check_encoders",
-           "fused_output_layer"]
+__all__ = ["MODELS", "DeepLabMultiInput", "FoodModel", "LateFusionMLP", "MSAModel", "MultiEncoderUNet",
+           "MultimodalModel", "Output", "build_model", "check_encoders", "fused_output_layer"]
