@@ -82,7 +82,8 @@ class AGM(Strategy):
     alpha: float = 1.0
     """α: strength of the modulation (official `--alpha`, default 1.0; BalanceBenchmark uses 0.1)"""
     cap: float = 10.0
-    """upper bound of r̂_m − r_m inside the exponent (official CREMA-D code: 10; BalanceBenchmark: 7)"""
+    """upper bound of r̂_m − r_m in the exponent: min(·, 10) of the official CREMA-D step as quoted in
+    BalanceBenchmark's AGM_trainer (its active code uses 7; the official MOSEI script has no cap)"""
     start_epoch: int = 0
     """first epoch with modulation (official `--modulation_starts` 0)"""
     end_epoch: int = 20

@@ -7,12 +7,14 @@ Reference code: fanyunfeng-bit/Modal-Imbalance-PMR:main_Prototype_grad.py (`calc
 
 Each epoch, class prototypes c_{m,k} = mean feature of modality m over the samples of class k, on the
 first `proto_fraction` of the training batches, EMA-smoothed: c ← (1−μ) c_new + μ c_old. Per step:
-    p_m(k | x) = softmax_k(−‖z_m − c_{m,k}‖₂)          (prototype logits, Eq. 3)
+    p_m(k | x) = softmax_k(−‖z_m − c_{m,k}‖₂)          (prototype logits)
     s_m = mean_i p_m(y_i | x_i),   ρ_m = max_j s_j / s_m  (imbalance ratio; M = 2: s_a / s_v)
     β_m = α · clip(ρ_m − 1, 0, 1)                         (only lagging modalities get a weight)
     L = L_task + Σ_m β_m · CE(−‖z_m − c_m‖, y) − μ_PER · max_m(β_m/α) · H(p_lead)   (PER: early epochs)
 
 Deviations:
+- β_m = α·clip(ρ_m − 1, 0, 1) as BalanceBenchmark's trainer; the released main_Prototype_grad.py
+  gives a lagging modality the full α whenever ρ ≠ 1 (no clip);
 - M > 2: ρ_m against the leading modality, which reduces to the reference rule for M = 2
   (BalanceBenchmark switches to OGM-style gradient scaling for M > 2, a different method);
 - a class absent from the prototype subset keeps its previous prototype (the reference divides by

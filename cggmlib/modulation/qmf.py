@@ -123,10 +123,11 @@ class QMF(Strategy):
 
     def _history(self, m: str, index, losses: torch.Tensor) -> torch.Tensor:
         """Add this batch's losses to the history of its samples; return their normalised histories."""
+        top = int(index.max()) if torch.is_tensor(index) else max(int(i) for i in index)  # host-side ids: no sync
         idx = torch.as_tensor(index, device=losses.device).long()
         hist = self.history[m]
-        if len(hist) <= int(idx.max()):
-            hist = torch.cat([hist, hist.new_full((int(idx.max()) + 1 - len(hist),), float("nan"))])
+        if len(hist) <= top:
+            hist = torch.cat([hist, hist.new_full((top + 1 - len(hist),), float("nan"))])
         hist[idx] = torch.nan_to_num(hist[idx]) + losses
         self.history[m] = hist
         seen = hist[~hist.isnan()]
