@@ -19,6 +19,10 @@ from cggmlib.tasks import Segmentation
 SIZE, DEPTH = 176, 16
 
 
+# one xdist worker per file (`make test` uses --dist loadgroup): the stand-in is written once
+pytestmark = pytest.mark.xdist_group("brats2021")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """DATA_ROOT with brats2021/ (8 cases) written by the stand-in writer and preprocessed once."""

@@ -15,6 +15,10 @@ from cggmlib.errors import DataError
 from cggmlib.tasks import Classification
 
 
+# one xdist worker per file (`make test` uses --dist loadgroup): the stand-in is written once
+pytestmark = pytest.mark.xdist_group("food101")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """DATA_ROOT with food101/ written by the stand-in writer and loaded once (features cached)."""
@@ -148,3 +152,12 @@ def test_unreadable_image_names_the_file_and_sample(root, tmp_path, kind):
     assert str(image) in str(err.value) and "img_path" in str(err.value)
     assert not list((tmp_path / "fresh-cache").glob("*/test.*.npy")), "a failed extraction left cache files"
     assert not food101.check(data_root / "food101").ok
+
+
+def test_absolute_image_paths_from_another_machine_are_rerooted(root, tmp_path):
+    data_root = copy(root, tmp_path)
+    _edit_json(data_root / "food101", "test",
+               lambda rows: [{**r, "img_path": "/elsewhere/UPMC_Food101/" + r["img_path"]} for r in rows])
+    moved = cg.load_data("food101", data_root, batch_size=100, dev_fraction=0)
+    before = cg.load_data("food101", root, batch_size=100, dev_fraction=0)
+    assert torch.equal(next(iter(moved.test)).inputs["image"], next(iter(before.test)).inputs["image"])

@@ -132,7 +132,7 @@ def check(path, deep: int = 1) -> DoctorReport:
     except DataError as err:
         report.add("case folders", 0, False, str(err))
         return report
-    report.add("stand-in", is_standin(root))
+    report.add("stand-in", "yes (synthetic, STANDIN.json)" if is_standin(root) else "no")
     report.add("case folders", len(cases), True)
     complete, shapes, missing = [], {}, []
     for c in cases:

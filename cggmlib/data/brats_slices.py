@@ -66,7 +66,8 @@ class SliceSet(torch.utils.data.Dataset):
         label = np.asarray(np.load(folder / "label.npy", mmap_mode="r")[z])
         if self.augment:
             image, label = rot_flip_noise(image, label, np.random.default_rng([*self.seed, k]))
-        inputs = {m: torch.from_numpy(image[i:i + 1].copy()) for i, m in enumerate(MODALITIES)}
+        image = torch.from_numpy(image)  # views per modality; collate's stack copies them once
+        inputs = {m: image[i:i + 1] for i, m in enumerate(MODALITIES)}
         return inputs, torch.from_numpy(label.astype(np.int64)), {"case": self.metas[c]["case"], "slice": z}
 
 

@@ -222,7 +222,7 @@ def check(path) -> DoctorReport:
                f"images there, or run `cggm make-standin food101` (see {CARD})")
     if not root.is_dir():
         return report
-    report.add("stand-in", is_standin(root))
+    report.add("stand-in", "yes (synthetic, STANDIN.json)" if is_standin(root) else "no")
     with tempfile.TemporaryDirectory() as hf_cache:
         for split in ("train", "test"):
             try:
@@ -232,13 +232,14 @@ def check(path) -> DoctorReport:
                 continue
             report.add(f"{split}.json samples", len(ds))
             report.add(f"{split} classes present", f"{len(np.unique(targets))} of 101")
-            paths = [root / p for p in ds["img_path"]]
+            paths = [F.image_path(root, p) for p in ds["img_path"]]
             missing = [p for p in paths if not p.is_file()]
             report.add(f"{split} images found", f"{len(paths) - len(missing)} of {len(paths)}", not missing,
                        f"{len(missing)} images listed in {split}.json are missing, e.g. {missing[0]} (field img_path; "
                        f"see {CARD})" if missing else None)
-            bad = [str(p) for p in paths[:20] if p.is_file() and F.image_problem(p)]
-            report.add(f"{split} first 20 images decode", not bad, not bad,
+            sample = [p for p in paths[:20] if p.is_file()]
+            bad = [str(p) for p in sample if F.image_problem(p)]
+            report.add(f"{split} first 20 images decode", f"{len(sample) - len(bad)} of {len(sample)}", not bad,
                        f"unreadable image(s): {', '.join(bad)} (see {CARD})" if bad else None)
     try:
         models = F.model_folders(root, None, None)

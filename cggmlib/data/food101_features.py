@@ -103,6 +103,18 @@ def cached_features(ds, root: Path, split: str, *, models, image_norm, text_leng
     return out | {"dir": folder}
 
 
+def image_path(root: Path, img_path: str) -> Path:
+    """`root / img_path`; an absolute path that does not exist (JSON files made on another machine, as
+    the MMBT-style script writes them) is re-rooted at its last `images/` component under `root`."""
+    path, given = root / img_path, Path(img_path)
+    if not path.exists() and given.is_absolute() and "images" in given.parts:
+        at = len(given.parts) - 1 - given.parts[::-1].index("images")
+        moved = root.joinpath(*given.parts[at:])
+        if moved.exists():
+            return moved
+    return path
+
+
 def decode_image(path: Path):
     """(RGB PIL image, None), or (None, why `path` is not a readable image)."""
     from PIL import Image
@@ -126,7 +138,7 @@ class _Samples(torch.utils.data.Dataset):
 
     def __init__(self, ds, root, tokenizer, processor, image_norm, text_length):
         self.texts = [" ".join(t) for t in ds["text_tokens"]]
-        self.paths, self.ids = [root / p for p in ds["img_path"]], ds["id"]
+        self.paths, self.ids = [image_path(root, p) for p in ds["img_path"]], ds["id"]
         self.tokenizer, self.processor, self.norm, self.length = tokenizer, processor, image_norm, text_length
 
     def __len__(self):

@@ -48,7 +48,8 @@ def make_case(rng: np.random.Generator, size: int, depth: int) -> dict[str, np.n
     """{modality: int16 volume, "seg": uint8 labels in {0, 1, 2, 4}} of one synthetic case."""
     x, y, z = np.meshgrid(np.arange(size), np.arange(size), np.arange(depth), indexing="ij")
     c = (size - 1) / 2
-    brain = ((x - c) / (0.36 * size)) ** 2 + ((y - c) / (0.43 * size)) ** 2 + ((z - depth / 2) / (0.75 * depth)) ** 2 <= 1
+    brain = ((x - c) / (0.36 * size)) ** 2 + ((y - c) / (0.43 * size)) ** 2 + \
+        ((z - depth / 2) / (0.75 * depth)) ** 2 <= 1
     centre = (c + rng.uniform(-0.12, 0.12) * size, c + rng.uniform(-0.15, 0.15) * size,
               rng.uniform(0.35, 0.65) * (depth - 1))
     radii = (rng.uniform(0.10, 0.16) * size, rng.uniform(0.10, 0.16) * size, rng.uniform(0.18, 0.3) * depth)
