@@ -67,6 +67,11 @@ def test_padding_options_and_determinism(root):
     assert all(b.inputs["audio"].shape[1] >= 350 for b in padded.val)
     cut = load(root, max_len={"audio": 100, "vision": 8})
     assert all(b.inputs["audio"].shape[1] <= 100 and b.inputs["vision"].shape[1] <= 8 for b in cut.train)
+    with pytest.raises(ConfigError, match="max_len"):
+        load(root, max_len={"sound": 5})
+    utt = load(root, norm="utt", shuffle=False).train.inputs["audio"]
+    first = utt[[0]][0, :int(utt.lengths[0])]
+    assert first.mean(0).abs().max() < 1e-4 and (first.std(0) - 1).abs().max() < 1e-4
     ids = lambda d: [i for b in d.train for i in b.meta["id"]]  # noqa: E731
     assert ids(load(root)) == ids(load(root)) != ids(cg.load_data("iemocap", root, batch_size=16, seed=5))
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import cggmlib as cg
-from cggmlib.data import mosi
 from cggmlib.data.standins import MARKER, write_standin
 from cggmlib.errors import ConfigError, DataError
 

@@ -10,7 +10,7 @@ import pytest
 from cggmlib.commands import main
 from cggmlib.data.loader_bench import bench
 from cggmlib.data.standins import MARKER, write_standin
-from cggmlib.errors import ConfigError
+from cggmlib.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore:CMU-MOSI")
 MOSI = dict(train=30, valid=10, test=10, seq_len=10, noalign=False)
@@ -52,6 +52,8 @@ def test_doctor_reports_a_broken_file_and_exits_nonzero(data_root, capsys):
 def test_doctor_on_a_named_absent_dataset_and_json(tmp_path, data_root, capsys):
     rc, out = doctor(capsys, "--data-root", tmp_path / "empty", "--dataset", "mosi")
     assert rc == 1 and "does not exist" in out and "make-standin mosi" in out
+    assert main(["doctor", "--data-root", str(tmp_path / "typo")]) == 1
+    assert "typo does not exist" in capsys.readouterr().err
     rc, out = doctor(capsys, "--data-root", data_root, "--dataset", "iemocap", "--json")
     report = json.loads(out)
     assert rc == 0 and report[0]["dataset"] == "iemocap" and report[0]["ok"] and report[0]["problems"] == []
@@ -70,7 +72,7 @@ def test_make_standin_cli_writes_checks_and_refuses_real_data(tmp_path, capsys):
     assert main([*args, "--force", "--size", "train=12"]) == 0 and "doctor: ok" in capsys.readouterr().out
     (tmp_path / "real" / "mosi").mkdir(parents=True)
     (tmp_path / "real" / "mosi" / "mosi_data.pkl").write_bytes(b"real data")
-    with pytest.raises(Exception, match="not a stand-in"):
+    with pytest.raises(DataError, match="not a stand-in"):
         write_standin("mosi", tmp_path / "real", overwrite=True)
     assert (tmp_path / "real" / "mosi" / "mosi_data.pkl").read_bytes() == b"real data"
 

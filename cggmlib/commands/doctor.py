@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -93,6 +94,10 @@ def run(args) -> int:
         if by["not-installed"]:
             print(f"no loader in this version: {', '.join(by['not-installed'])}")
     bad = [r["dataset"] for r in results if r["report"] is not None and not r["report"].ok]
+    if not Path(args.data_root).is_dir():
+        print(f"cggm doctor: the data root {args.data_root} does not exist; create it and put each dataset in "
+              f"{args.data_root}/<name>/, or point --data-root at the folder that holds them", file=sys.stderr)
+        return 1
     if not args.json:
         checked = [r["dataset"] for r in results if r["report"] is not None]
         print(f"checked: {', '.join(checked) or 'nothing'}; "

@@ -185,6 +185,11 @@ def load(path, *, batch_size: int = 64, seed: int = 0, fold: int = 1, max_len=No
         raise ConfigError(f"iemocap: fold must be 1..{NUM_FOLDS}, got {fold!r}")
     if norm not in ("trn", "utt", "none"):
         raise ConfigError(f"iemocap: norm must be 'trn' (fold statistics, official), 'utt' or 'none', not {norm!r}")
+    cuts = max_len.values() if isinstance(max_len, dict) else [max_len]
+    if any(c is not None and (not isinstance(c, int) or c < 1) for c in [*cuts, audio_pad]) or \
+            (isinstance(max_len, dict) and set(max_len) - set(MODALITIES)):
+        raise ConfigError(f"iemocap: max_len must be a positive int or {{modality: int}} over {list(MODALITIES)}, "
+                          f"and audio_pad a positive int; got max_len={max_len!r}, audio_pad={audio_pad!r}")
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"IEMOCAP folder not found: {root}", path=root,

@@ -7,8 +7,8 @@ frames), `V/denseface.h5` ((T, 342)), `L/bert_large.h5` ((T, 1024)) and
 ((N, 1) bytes ids, e.g. b'Ses01F_impro01_F000'), for 10 speaker-independent folds: fold k tests on
 speaker k and validates on the other speaker of the same session.
 
-Lengths vary as in the release: text 5–22 tokens, vision 10–50 frames, audio 20–340 frames plus
-`long_audio` utterances of 360–480 frames (longer than the official 350-frame pad). Each modality sees
+Lengths vary: text 5–22 tokens, vision 10–50 frames, audio 20–300 frames (median 80) plus
+`long_audio` utterances of 360–420 frames (longer than the official 350-frame pad). Each modality sees
 the class through fixed random prototypes with a per-utterance nuisance: text is strong, audio
 weaker, vision weakest (class order arbitrary). Class frequencies follow the 4-class IEMOCAP subset.
 """
@@ -30,8 +30,8 @@ SPEAKERS = [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"]
 
 
 def _lengths(rng, n: int, long_audio: int) -> dict:
-    audio = np.clip(rng.lognormal(np.log(140), 0.5, size=n), 20, 340).astype(int)
-    audio[rng.choice(n, size=min(long_audio, n), replace=False)] = rng.integers(360, 481, size=min(long_audio, n))
+    audio = np.clip(rng.lognormal(np.log(80), 0.5, size=n), 20, 300).astype(int)
+    audio[rng.choice(n, size=min(long_audio, n), replace=False)] = rng.integers(360, 421, size=min(long_audio, n))
     return {"text": rng.integers(5, 23, size=n), "audio": audio, "vision": rng.integers(10, 51, size=n)}
 
 
@@ -54,7 +54,7 @@ def _write_h5(path: Path, names: list[str], seqs: list[np.ndarray]) -> None:
                 h5.create_dataset(name, data=x)
 
 
-def write(path: Path, seed: int = 0, utterances: int = 300, long_audio: int = 4, folds: int = 10) -> Path:
+def write(path: Path, seed: int = 0, utterances: int = 300, long_audio: int = 2, folds: int = 10) -> Path:
     """Write the stand-in into folder `path` (`folds` ≤ 10 target folders; mean/std for each)."""
     path = Path(path)
     rng = np.random.default_rng(seed)
