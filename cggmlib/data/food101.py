@@ -167,6 +167,8 @@ def load(path, *, batch_size: int = 64, seed: int = 0, dev_fraction: float = 0.1
                                  "food101`)", card=CARD)
     if not 0 <= dev_fraction < 1:
         raise ConfigError(f"food101: dev_fraction must be in [0, 1), got {dev_fraction!r}")
+    if not isinstance(text_length, int) or not 2 <= text_length <= 512:
+        raise ConfigError(f"food101: text_length must be an integer in [2, 512] (official: 50), got {text_length!r}")
     if image_norm not in ("vit", "official"):
         raise ConfigError(f"food101: image_norm must be 'vit' or 'official', got {image_norm!r}")
     cache = Path(cache_dir) if cache_dir else root / "features"
@@ -174,9 +176,6 @@ def load(path, *, batch_size: int = 64, seed: int = 0, dev_fraction: float = 0.1
     splits = {split: read_split(root, split, cache / "hf_datasets") for split in ("train", "test")}
     targets = {split: t for split, (_, t) in splits.items()}
     ids = {split: ds["id"] for split, (ds, _) in splits.items()}
-    feats = {split: F.cached_features(ds, root, split, models=models, image_norm=image_norm, text_length=text_length,
-                                      cache=cache, device=device, batch_size=feature_batch_size,
-                                      num_workers=num_workers) for split, (ds, _) in splits.items()}
     train_rows, dev_rows = dev_split(targets["train"], dev_fraction, split_seed) if dev_fraction else \
         (np.arange(len(targets["train"])), None)
     if dev_rows is not None and len(dev_rows) == 0:
@@ -188,6 +187,10 @@ def load(path, *, batch_size: int = 64, seed: int = 0, dev_fraction: float = 0.1
         random.Random(0).shuffle(order)
         keep = set(train_rows.tolist())
         train_rows = np.array([i for i in order if i in keep], dtype=np.int64)
+    # after every cheap check: extraction is the slow part
+    feats = {split: F.cached_features(ds, root, split, models=models, image_norm=image_norm, text_length=text_length,
+                                      cache=cache, device=device, batch_size=feature_batch_size,
+                                      num_workers=num_workers) for split, (ds, _) in splits.items()}
 
     def loader(split, rows, train=False):
         rows = np.arange(len(targets[split])) if rows is None else rows
