@@ -99,7 +99,7 @@ class ASPP(nn.Module):
                                       for i, d in enumerate(dilations))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn(in_channels, channels, 1))
         self.project = nn.Sequential(conv_bn(channels * (len(dilations) + 1), channels, 1), nn.Dropout(dropout))
-        _kaiming(self)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == 1:
@@ -121,14 +121,15 @@ class Decoder(nn.Module):
         self.last_conv = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Dropout(dropouts[0]),
                                        conv_bn(channels, channels, 3), nn.Dropout(dropouts[1]))
         self.out_channels = channels
-        _kaiming(self)
+        kaiming_init(self)
 
     def forward(self, aspp: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """aspp: (B, heads·256, h, w) already at the low-level resolution; low: (B, heads·256, h, w)."""
         return self.last_conv(self.merge(torch.cat([aspp, self.low(low)], dim=1)))
 
 
-def _kaiming(module: nn.Module) -> None:
+def kaiming_init(module: nn.Module) -> None:
+    """Kaiming-normal (fan_in) weights for every Conv2d in `module`, as the official ASPP and decoder."""
     for mod in module.modules():
         if isinstance(mod, nn.Conv2d):
             nn.init.kaiming_normal_(mod.weight)

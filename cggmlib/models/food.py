@@ -18,7 +18,7 @@ Deviations from the official code (each on purpose):
 """
 from __future__ import annotations
 
-from .msa import SequenceClassifier, TokenFusionTransformer  # noqa: F401  (re-exported for users)
+from .msa import TokenFusionTransformer
 
 #: concatenation order of the official FoodModel: [vision, text]
 FOOD_ORDER = ("image", "text")

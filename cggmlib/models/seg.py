@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import MultimodalModel, Output
-from .deeplab import ASPP, Decoder, ResNet, _kaiming
+from .deeplab import ASPP, Decoder, ResNet, kaiming_init
 from .unet import MultiEncoderUNet, check_image_size
 
 #: modality order of the official BraTS code (backbone1..4) and of the BraTS h5 `image` channels
@@ -62,7 +62,7 @@ class DeepLabClassifier(nn.Module):
         self.aspp_channels = aspp_channels
         self.decoder = Decoder(1, aspp_channels, low_channels, channels=decoder_channels)
         self.out_layer = nn.Conv2d(decoder_channels, num_outputs, 1)
-        _kaiming(self.out_layer)
+        kaiming_init(self.out_layer)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         aspp, low = feature.split([self.aspp_channels, feature.shape[1] - self.aspp_channels], dim=1)
@@ -88,7 +88,7 @@ class DeepLabMultiInput(MultimodalModel):
         self.decoder_channels, self.stride = decoder_channels, 16
         self.decoder = Decoder(len(input_dims), aspp_channels, low, channels=decoder_channels)
         self.out_layer = nn.Conv2d(decoder_channels, num_outputs, 1)
-        _kaiming(self.out_layer)
+        kaiming_init(self.out_layer)
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         check_image_size(inputs, self.stride)
