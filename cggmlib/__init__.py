@@ -7,7 +7,7 @@ in one training loop with pluggable strategies.
     model = cg.build_model(cfg.dataset, data, cfg.preset)
     result = cg.train(model, cg.make_strategy(cfg.strategy, **cfg.strategy_kwargs), data, cfg)
 """
-from . import figures, metrics, runs, tasks
+from . import metrics, runs, tasks
 from .analysis import evaluate_classifiers
 from .config import Config
 from .data import DATASETS, Batch, Data, load_data
@@ -20,6 +20,14 @@ from .trace import Trace
 from .train import TrainResult, evaluate, train
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # figures import seaborn/matplotlib (seconds): load them on first use
+    if name == "figures":
+        import importlib
+
+        return importlib.import_module(".figures", __name__)
+    raise AttributeError(f"module 'cggmlib' has no attribute {name!r}")
 
 __all__ = ["Batch", "CGGM", "CGGMError", "Config", "ConfigError", "DATASETS", "Data", "DataError", "MODELS",
            "MultimodalModel", "NumericsError", "Output", "ResultsError", "STRATEGIES", "Strategy", "Trace",

@@ -2,7 +2,9 @@
 
 `checkpoint.pt` holds model, optimizer, scheduler, GradScaler, strategy state (CGGM classifiers and
 their optimizer, previous metrics, the pending L_gm), RNG states, the trace so far and the position
-(epoch, batch). `best.pt` holds the model weights of the epoch selected on validation.
+(epoch, batch). `best.pt` holds the model weights (a plain state_dict, loadable with
+`model.load_state_dict(torch.load(path))`) of the epoch selected on validation, and
+`best_strategy.pt` the strategy's state of that epoch (its own heads, for strategies that have them).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Checkpointer:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.path, self.best_path = self.folder / "checkpoint.pt", self.folder / "best.pt"
+        self.best_strategy_path = self.folder / "best_strategy.pt"
 
     def remove_stale_temporaries(self) -> None:
         """Delete `.<name>.*.tmp` files that a killed atomic write left behind (never a real file)."""
@@ -70,11 +73,13 @@ class Checkpointer:
         set_rng_state(ckpt["rng"])
         return ckpt["loop"]
 
-    def save_best(self, model) -> None:
-        atomic_torch_save(model.state_dict(), self.best_path)
+    def save_best(self, best: dict) -> None:
+        atomic_torch_save(best["strategy"], self.best_strategy_path)
+        atomic_torch_save(best["model"], self.best_path)
 
     def load_best(self) -> dict:
-        return torch.load(self.best_path, map_location="cpu", weights_only=True)
+        return {"model": torch.load(self.best_path, map_location="cpu", weights_only=True),
+                "strategy": torch.load(self.best_strategy_path, map_location="cpu", weights_only=False)}
 
 
 def _to_device(obj, device):

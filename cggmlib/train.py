@@ -42,7 +42,8 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     device = torch.device(cfg.device)
     model.to(device)
     strategy.setup(model, data)
-    optimizer = build_optimizer(cfg, [*model.parameters(), *strategy.parameters()])
+    params = [*model.parameters(), *strategy.parameters()]  # strategy-owned heads are clipped too
+    optimizer = build_optimizer(cfg, params)
     scheduler, when = build_scheduler(cfg, optimizer, len(data.train))
     autocast, scaler = amp_setup(cfg.amp, device)
     trace, ckpt = Trace(), Checkpointer(out_dir) if out_dir else None
@@ -52,7 +53,7 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     if resume and ckpt and ckpt.exists():
         loop = ckpt.restore(model, optimizer, scheduler, scaler, strategy, trace)
     save = lambda: ckpt and ckpt.save(model, optimizer, scheduler, scaler, strategy, loop, trace)  # noqa: E731
-    best_weights = ckpt.load_best() if resume and ckpt and ckpt.best_path.exists() else None
+    best = ckpt.load_best() if resume and ckpt and ckpt.best_path.exists() else None
     bar = _progress(range(cfg.epochs), progress, initial=loop["epoch"])
     for epoch in range(loop["epoch"], cfg.epochs):
         loop["epoch"] = epoch
@@ -74,17 +75,17 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
             before = encoder_grad_norms(model, "grad_norm")
             stats = strategy.after_backward(model, batch, out, epoch)  # gradient modulation happens here
             after = encoder_grad_norms(model, "grad_norm_mod")
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grads = [p.grad for p in params if p.grad is not None]
             total = get_total_norm(grads)
             if not _check_finite(cfg, loop, loss, total, before, stats):
                 optimizer.zero_grad(set_to_none=True)
             elif scaler:
                 if cfg.grad_clip:
-                    clip_grads_with_norm_(model.parameters(), cfg.grad_clip, total)
+                    clip_grads_with_norm_(params, cfg.grad_clip, total)
                 scaler.step(optimizer)
             else:
                 if cfg.grad_clip:
-                    clip_grads_with_norm_(model.parameters(), cfg.grad_clip, total)
+                    clip_grads_with_norm_(params, cfg.grad_clip, total)
                 optimizer.step()
             if scaler:
                 scaler.update()
@@ -103,16 +104,19 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
             scheduler.step(val["loss"])
         if _improved(val[data.task.select], loop["best_value"], data.task.higher_is_better):
             loop["best_epoch"], loop["best_value"] = epoch, val[data.task.select]
-            best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            # the selected epoch's model *and* strategy state (its own heads, e.g. unimodal, QMF)
+            best = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "strategy": copy.deepcopy(strategy.state_dict())}
             if ckpt:
-                ckpt.save_best(model)
+                ckpt.save_best(best)
         loop["epoch"], loop["batch"] = epoch + 1, 0
         save()
         bar.update(1)
         bar.set_postfix({f"val {data.task.select}": round(val[data.task.select], 4)})
     bar.close()
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
+    if best is not None:
+        model.load_state_dict(best["model"])
+        strategy.load_state_dict(best["strategy"])
     metrics = summarize(trace.epochs(), data, loop["best_epoch"]) | {"skipped_steps": loop["skipped"]}
     return TrainResult(trace, metrics, loop["best_epoch"], time.time() - started, model, strategy, data)
 

@@ -198,7 +198,7 @@ def test_qmf_fuses_by_energy_and_leaves_the_fusion_module_alone():
         z = {m: strategy.heads[m](feats[m]) for m in strategy.modalities}
         manual = sum(0.1 * torch.logsumexp(v, 1, keepdim=True) * v for v in z.values())
     assert close(strategy.predict(model, batch.inputs), manual, 1e-5)
-    assert float(stats["history"]) == 0.0  # synthetic batches carry no sample ids
+    assert float(stats["history"]) == 1.0  # TensorLoader batches carry sample ids: the history is used
 
 
 def test_qmf_keeps_a_loss_history_by_sample_index():

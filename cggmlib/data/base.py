@@ -171,6 +171,7 @@ class TensorLoader:
             if self.drop_last and len(idx) < self.batch_size:
                 return
             meta = {k: [v[i] for i in idx.tolist()] for k, v in self.meta.items()}
+            meta["index"] = idx  # sample ids within the split (QMF keeps per-sample loss histories)
             yield Batch({m: x[idx] for m, x in self.inputs.items()}, self.target[idx], meta)
 
 

@@ -56,6 +56,7 @@ def strategy_defaults(name: str, dataset: str, preset: str) -> dict:
 
     known = {f.name for f in dataclasses.fields(strategy_class(name))}
     defaults = cggm_kwargs(dataset, preset) if dataset in CGGM_PRESETS else {}
+    defaults["teacher_preset"] = preset  # UMT/UME teachers train with the run's own preset
     return {k: v for k, v in defaults.items() if k in known}
 
 
