@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .analysis import evaluate_classifiers
 from .data import load_data
 from .errors import ResultsError
 from .models import build_model
 from .modulation import make_strategy
-from .runs import load_run, save_run, seed_everything
+from .runs import ensure_writable, load_run, save_run, seed_everything
 from .train import TrainResult, train
 from .trace import Trace
 
@@ -25,11 +26,16 @@ def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool =
                                done["metrics"].get("best_epoch", -1), 0.0)
         raise ResultsError(f"{out} holds a completed run of a different configuration; "
                            "choose another --out folder or delete that one")
+    if out is not None:
+        ensure_writable(out)  # fail before training, not after it
     seed_everything(cfg.seed)  # the model's initial weights depend on the seed too
     data = load_data(cfg.dataset, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, **cfg.data_kwargs)
     model = build_model(cfg.dataset, data, cfg.preset, **cfg.model_kwargs)
     strategy = make_strategy(cfg.strategy, **cfg.strategy_kwargs)
     result = train(model, strategy, data, cfg, out_dir=out, resume=resume, progress=progress)
+    if getattr(strategy, "classifiers", None) is not None:
+        # what each encoder can do alone: f_m on frozen encoder m, held-out test split (paper Table 5)
+        result.metrics["classifiers"] = evaluate_classifiers(model, strategy, data.test, data.task)
     if out is not None:
         save_run(out, cfg, result, data)
     return result

@@ -34,7 +34,21 @@ def _describe_os_error(path, err: OSError) -> str:
         return f"the disk holding {path} is full; free space or choose another --out folder"
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path} is not writable ({err.strerror}); choose a writable --out folder"
-    return f"cannot write {path}: {err}"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot write {path}: a file stands where a folder is needed ({err}); choose a writable --out folder"
+    return f"cannot write {path}: {err}; choose a writable --out folder"
+
+
+def ensure_writable(folder) -> Path:
+    """Create `folder` and prove it accepts a file, before any compute is spent on a run."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResultsError(_describe_os_error(folder, err)) from err
+    probe = atomic_write_text(folder / ".write-test", "ok")
+    probe.unlink()
+    return folder
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("train", "train one (dataset, strategy, seed) run and write its results folder"),
     "doctor": ("doctor", "check dataset folders: layout, keys, shapes, dtypes, labels, splits"),
     "make-standin": ("standin", "write a small synthetic stand-in of a paper dataset in its real format"),
+    "compare": ("compare", "every strategy on the same seeds: mean ± std and the paired difference to joint"),
 }
 
 

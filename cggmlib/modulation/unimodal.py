@@ -13,10 +13,8 @@ features): ŷ = g_m(φ_m(x^m)), loss = L_task(ŷ, y). The other encoders are nev
 Deviations:
 - the unimodal model reuses the multimodal model's encoder m (same architecture and initialisation as in
   joint training) instead of a separately defined network;
-- the head is owned by the strategy and trained by the loop's optimizer through `parameters()`; the loop
-  clips only the model's gradients, so the head's gradient is not clipped;
-- the loop restores the *model's* weights of the validation-selected epoch at the end of `train`, not the
-  head's, so after a run of several epochs `head` holds the last epoch's weights (see the report).
+- the head is owned by the strategy and trained (and clipped) by the loop's optimizer through
+  `parameters()`; the loop restores it from the validation-selected epoch with the model's weights.
 
 Also home of `unimodal_responses`, the natural extension of a modality's "share" of the fused
 prediction to any fusion module, which OGM, MSLR and Greedy use.

@@ -1,0 +1,29 @@
+"""`cggm compare`: every strategy on the same seeds, with mean ± std and the paired difference to joint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--datasets", nargs="+", default=["synthetic", "mfeat"])
+    p.add_argument("--strategies", nargs="+", default=["all"], help="registry names, or all (default)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--preset", default="smoke")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--results", default="results/compare", help="run folders and the tables land here")
+
+
+def run(args) -> int:
+    from ..compare import compare, to_markdown
+    from ..runs import atomic_write_text
+
+    frame = compare(args.datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root,
+                    args.preset)
+    out = Path(args.results)
+    atomic_write_text(out / "compare.csv", frame.to_csv(index=False))
+    text = to_markdown(frame)
+    atomic_write_text(out / "compare.md", text)
+    print(text)
+    print(f"written: {out / 'compare.csv'}, {out / 'compare.md'}")
+    return 0
