@@ -1,16 +1,47 @@
-"""Optimizer, learning-rate schedule and mixed precision for the loop, as the official scripts set them."""
+"""Optimizer, learning-rate schedule and mixed precision for the loop, as the official scripts set them,
+and `StepTools`, everything a training step uses besides the model and the strategy."""
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
+from .distributed import Distributed
+from .finite import FiniteCheck, lazy_on
 from .modulation.classifiers import make_optimizer
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     return make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+
+
+@dataclass
+class StepTools:
+    """What `train_step` needs besides the model and the strategy; built once by `step_tools`."""
+
+    optimizer: torch.optim.Optimizer
+    params: list
+    """the model's parameters and the strategy's extra ones (clipped and averaged together)"""
+    autocast: Callable[[], Any]
+    scaler: Any
+    grad_clip: float
+    finite: FiniteCheck
+    world: Distributed = field(default_factory=Distributed)
+    grad_norms: bool = True
+    """log per-encoder gradient norms before and after modulation"""
+
+
+def step_tools(cfg, model, strategy, device: torch.device, world: Distributed | None = None,
+               grad_norms: bool = True) -> StepTools:
+    """Optimizer over model and strategy parameters, mixed precision, clipping and the finite check."""
+    params = [*model.parameters(), *strategy.parameters()]  # strategy-owned heads are clipped too
+    autocast, scaler = amp_setup(cfg.amp, device)
+    finite = FiniteCheck(cfg.nonfinite, lazy_on(device, cfg.nonfinite), scaler is not None)
+    return StepTools(build_optimizer(cfg, params), params, autocast, scaler, cfg.grad_clip, finite,
+                     world or Distributed(), grad_norms)
 
 
 class CosineWarmup:
@@ -60,10 +91,12 @@ def build_scheduler(cfg, optimizer, steps_per_epoch: int):
 def amp_setup(amp: str, device: torch.device):
     """(autocast context factory, GradScaler or None) for amp = off | auto | bf16 | fp16.
 
-    bf16 needs no scaler. fp16 uses a GradScaler; the loop unscales before modulation and clipping,
-    so CGGM always edits true gradients.
+    auto: bf16 on a GPU that supports it, else fp16; off on a CPU (CPU autocast is slower than
+    float32 for these models). bf16 needs no scaler. fp16 uses a GradScaler; the loop unscales before
+    modulation and clipping, so CGGM always edits true gradients. The CGGM classifiers always run in
+    float32 (cggmlib/modulation/classifiers.py).
     """
-    if amp == "off" or device.type == "cpu" and amp in ("auto", "fp16"):
+    if amp == "off" or device.type == "cpu" and amp == "auto":
         return nullcontext, None
     if amp == "auto":
         amp = "bf16" if device.type != "cuda" or torch.cuda.is_bf16_supported() else "fp16"

@@ -1,7 +1,11 @@
-"""The one training loop, `train()`, and `evaluate()`. Every method plugs in as a Strategy.
+"""The one training loop, `train()`, its step `train_step()`, and `evaluate()`. Every method plugs in
+as a Strategy.
 
 Order of one step (as zrguo/CGGM:src/msatrain.py): forward → loss → backward → (unscale) →
-strategy.after_backward (gradient modulation) → clip → optimizer.step.
+strategy.after_backward (gradient modulation) → (average over ranks) → clip → optimizer.step.
+Nothing in a step reads a device value on the host (no GPU synchronisation): logged values stay
+tensors until the trace moves them in batches, and the non-finite check follows the trace on a GPU
+(cggmlib/finite.py). Data parallel over processes: cggmlib/distributed.py.
 """
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
+from . import distributed
 from .checkpoint import Checkpointer
-from .errors import NumericsError
-from .optim import amp_setup, build_optimizer, build_scheduler
+from .device import device_batches
+from .optim import StepTools, build_scheduler, step_tools
 from .protocol import summarize
 from .runs import seed_everything
 from .trace import Trace
@@ -35,68 +40,58 @@ class TrainResult:
     data: object = None
 
 
-def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train `model` with `strategy` on `data` for `cfg.epochs`; checkpoint to `out_dir` when given."""
+def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, progress: bool = True,
+          grad_norms: bool = True) -> TrainResult:
+    """Train `model` with `strategy` on `data` for `cfg.epochs`; checkpoint to `out_dir` when given.
+
+    `grad_norms`: log ‖∇θ^{φ_m} L‖ of every encoder before and after modulation (the figures use
+    them; measured cost in `cggm bench`). Under `torchrun` (or an initialised torch.distributed),
+    each rank trains on its shard and only rank 0 writes files.
+    """
     started = time.time()
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    world, device = distributed.setup(cfg.device)
     model.to(device)
+    world.shard(data)
     strategy.setup(model, data)
-    params = [*model.parameters(), *strategy.parameters()]  # strategy-owned heads are clipped too
-    optimizer = build_optimizer(cfg, params)
-    scheduler, when = build_scheduler(cfg, optimizer, len(data.train))
-    autocast, scaler = amp_setup(cfg.amp, device)
+    tools = step_tools(cfg, model, strategy, device, world, grad_norms)
+    scheduler, when = build_scheduler(cfg, tools.optimizer, len(data.train))
     trace, ckpt = Trace(), Checkpointer(out_dir) if out_dir else None
     loop = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_value": None, "skipped": 0}
-    if ckpt:
+    if ckpt and world.is_main:
         ckpt.remove_stale_temporaries()
     if resume and ckpt and ckpt.exists():
-        loop = ckpt.restore(model, optimizer, scheduler, scaler, strategy, trace)
-    save = lambda: ckpt and ckpt.save(model, optimizer, scheduler, scaler, strategy, loop, trace)  # noqa: E731
+        loop = ckpt.restore(model, tools.optimizer, scheduler, tools.scaler, strategy, trace)
+    tools.finite.skipped, tools.finite.checked = loop["skipped"], len(trace.rows)
+
+    def save():
+        tools.finite.check_trace(trace, flush=True)  # never checkpoint a state past a bad step
+        if ckpt and world.is_main:
+            ckpt.save(model, tools.optimizer, scheduler, tools.scaler, strategy, loop, trace)
+
     best = ckpt.load_best() if resume and ckpt and ckpt.best_path.exists() else None
-    bar = _progress(range(cfg.epochs), progress, initial=loop["epoch"])
+    bar = _progress(range(cfg.epochs), progress and world.is_main, initial=loop["epoch"])
     for epoch in range(loop["epoch"], cfg.epochs):
         loop["epoch"] = epoch
         getattr(data.train, "set_epoch", lambda e: None)(epoch)
         if loop["batch"] == 0:
             trace.log(epoch=epoch, **strategy.on_epoch_start(model, data, epoch))
         model.train()
-        for i, batch in enumerate(data.train):
+        for i, batch in enumerate(device_batches(data.train, device)):
             if i < loop["batch"]:  # resuming inside an epoch: the order is seeded by (seed, epoch)
                 continue
-            batch = batch.to(device, non_blocking=True)
-            with autocast():
-                out = strategy.forward(model, batch, epoch)
-                loss = strategy.loss(model, batch, out, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)  # modulation and clipping act on true gradients
-            before = encoder_grad_norms(model, "grad_norm")
-            stats = strategy.after_backward(model, batch, out, epoch)  # gradient modulation happens here
-            after = encoder_grad_norms(model, "grad_norm_mod")
-            grads = [p.grad for p in params if p.grad is not None]
-            total = get_total_norm(grads)
-            if not _check_finite(cfg, loop, loss, total, before, stats):
-                optimizer.zero_grad(set_to_none=True)
-            elif scaler:
-                if cfg.grad_clip:
-                    clip_grads_with_norm_(params, cfg.grad_clip, total)
-                scaler.step(optimizer)
-            else:
-                if cfg.grad_clip:
-                    clip_grads_with_norm_(params, cfg.grad_clip, total)
-                optimizer.step()
-            if scaler:
-                scaler.update()
+            row = train_step(model, strategy, batch, epoch, tools, loop["step"])
+            loop["skipped"] = tools.finite.skipped
             if when == "step":
                 scheduler.step()
-            trace.log(step=loop["step"], epoch=epoch, loss=loss.detach(), grad_norm_total=total,
-                      lr=optimizer.param_groups[0]["lr"], **before, **after, **stats)
+            trace.log(step=loop["step"], epoch=epoch, lr=tools.optimizer.param_groups[0]["lr"], **row)
+            tools.finite.check_trace(trace)
             loop["step"] += 1
             loop["batch"] = i + 1
             if cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0:
                 save()
+        tools.finite.check_trace(trace, flush=True)
+        world.broadcast_buffers(model)
         val = evaluate(model, data.val, data.task, device, strategy)
         test = evaluate(model, data.test, data.task, device, strategy)
         trace.log(epoch=epoch, **{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()})
@@ -107,7 +102,7 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
             # the selected epoch's model *and* strategy state (its own heads, e.g. unimodal, QMF)
             best = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                     "strategy": copy.deepcopy(strategy.state_dict())}
-            if ckpt:
+            if ckpt and world.is_main:
                 ckpt.save_best(best)
         loop["epoch"], loop["batch"] = epoch + 1, 0
         save()
@@ -119,6 +114,32 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
         strategy.load_state_dict(best["strategy"])
     metrics = summarize(trace.epochs(), data, loop["best_epoch"]) | {"skipped_steps": loop["skipped"]}
     return TrainResult(trace, metrics, loop["best_epoch"], time.time() - started, model, strategy, data)
+
+
+def train_step(model, strategy, batch, epoch: int, tools: StepTools, step: int = 0) -> dict:
+    """One optimisation step on `batch` (already on the device); returns its trace row (device tensors)."""
+    with tools.autocast():
+        out = strategy.forward(model, batch, epoch)
+        loss = strategy.loss(model, batch, out, epoch)
+    tools.optimizer.zero_grad(set_to_none=True)
+    (tools.scaler.scale(loss) if tools.scaler else loss).backward()
+    if tools.scaler:
+        tools.scaler.unscale_(tools.optimizer)  # modulation and clipping act on true gradients
+    before = encoder_grad_norms(model, "grad_norm") if tools.grad_norms else {}
+    stats = strategy.after_backward(model, batch, out, epoch)  # gradient modulation happens here
+    after = encoder_grad_norms(model, "grad_norm_mod") if tools.grad_norms else {}
+    tools.world.average_gradients(tools.params)  # data parallel: every rank steps with the mean
+    total = get_total_norm([p.grad for p in tools.params if p.grad is not None])
+    row = {"loss": loss.detach(), "grad_norm_total": total, **before, **after, **stats}
+    if not tools.finite.step_ok(row, step, epoch):
+        tools.optimizer.zero_grad(set_to_none=True)
+    else:
+        if tools.grad_clip:
+            clip_grads_with_norm_(tools.params, tools.grad_clip, total)
+        tools.scaler.step(tools.optimizer) if tools.scaler else tools.optimizer.step()
+    if tools.scaler:
+        tools.scaler.update()
+    return row
 
 
 @torch.no_grad()
@@ -145,21 +166,6 @@ def encoder_grad_norms(model, prefix: str) -> dict[str, torch.Tensor]:
         grads = [p.grad for p in enc.parameters() if p.grad is not None]
         out[f"{prefix}/{m}"] = get_total_norm(grads) if grads else torch.zeros(())
     return out
-
-
-def _check_finite(cfg, loop, loss, total, norms, stats) -> bool:
-    """False (skip the step) or NumericsError when the loss or gradient norm is not finite."""
-    if bool(torch.isfinite(loss.detach()) & torch.isfinite(total)):
-        return True
-    bad = [k.split("/", 1)[1] for k, v in norms.items() if not math.isfinite(float(v))]
-    coeffs = {k: round(float(v), 4) for k, v in stats.items() if k.startswith("coeff/")}
-    if cfg.nonfinite == "skip":
-        loop["skipped"] += 1
-        return False
-    raise NumericsError(f"non-finite {'loss' if not torch.isfinite(loss.detach()) else 'gradient'} at step {loop['step']} "
-                        f"(epoch {loop['epoch']}): loss={float(loss.detach()):.4g}, gradient norm={float(total):.4g}; "
-                        f"non-finite encoder gradients: {bad or 'none'}; last coefficients: {coeffs or 'none'}. "
-                        "Lower the learning rate or ρ, use CGGM's guard=True, or set nonfinite='skip' to drop such steps")
 
 
 def _improved(value, best, higher_is_better: bool) -> bool:

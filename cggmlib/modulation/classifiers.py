@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_reduce_gradients, mean_across_processes
 from ..errors import ConfigError
 
 
@@ -120,6 +121,8 @@ class ModalityClassifiers(nn.Module):
         return stats | {f"cos_grad/{m}": c for m, c in self.grad_cosines(w.grad).items()}
 
     def step(self) -> None:
+        """The classifiers' own optimizer step (gradients averaged over data-parallel ranks first)."""
+        all_reduce_gradients(list(self.heads.parameters()))
         self.optimizer.step()
 
     def out_weight(self, m: str) -> torch.Tensor:
@@ -151,15 +154,6 @@ class ModalityClassifiers(nn.Module):
         self.prev_eps = state.get("prev_eps")
         if state.get("optimizer") is not None and self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-
-
-def mean_across_processes(t: torch.Tensor) -> torch.Tensor:
-    """Average over data-parallel ranks, so every replica computes the same coefficients."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = t.clone()
-        torch.distributed.all_reduce(t)
-        t /= torch.distributed.get_world_size()
-    return t
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
