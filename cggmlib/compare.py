@@ -26,6 +26,8 @@ CGGM_VARIANTS = {"cggm": {}, "cggm+guard": {"guard": True}, "cggm-paper": {"vari
 def methods(modalities: list[str], names=None) -> dict[str, tuple[str, dict]]:
     """label -> (strategy, options): every registered strategy, unimodal once per modality, CGGM variants."""
     names = sorted(STRATEGIES) if names in (None, ["all"], ("all",)) else list(names)
+    first = [n for n in ("joint", "unimodal", "cggm") if n in names]  # reference rows, then the method
+    names = first + [n for n in names if n not in first]
     out: dict[str, tuple[str, dict]] = {}
     for name in names:
         if name == "unimodal":

@@ -64,7 +64,7 @@ class Config:
 
     def __post_init__(self):
         from .data import DATASETS
-        from .modulation import STRATEGIES, strategy_defaults
+        from .modulation import STRATEGIES, strategy_class, strategy_defaults
         from .presets import PRESETS, train_kwargs
 
         if self.dataset not in DATASETS and self.dataset != CUSTOM:
@@ -81,8 +81,10 @@ class Config:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None:
                 object.__setattr__(self, f.name, preset.get(f.name, 0 if f.name == "warmup_epochs" else None))
-        object.__setattr__(self, "strategy_kwargs",
-                           strategy_defaults(self.strategy, self.dataset, self.preset) | dict(self.strategy_kwargs))
+        defaults = strategy_defaults(self.strategy, self.dataset, self.preset)
+        if "teacher_seed" in {f.name for f in dataclasses.fields(strategy_class(self.strategy))}:
+            defaults["teacher_seed"] = self.seed  # UMT/UME: each seed its own teachers, so seeds vary
+        object.__setattr__(self, "strategy_kwargs", defaults | dict(self.strategy_kwargs))
         object.__setattr__(self, "device", resolve_device(self.device))
         self._validate()
 
