@@ -32,6 +32,8 @@ class StepTools:
     world: Distributed = field(default_factory=Distributed)
     grad_norms: bool = True
     """log per-encoder gradient norms before and after modulation"""
+    encoder_params: dict = field(default_factory=dict)
+    """{m: parameters of encoder m}, listed once"""
 
 
 def step_tools(cfg, model, strategy, device: torch.device, world: Distributed | None = None,
@@ -41,7 +43,8 @@ def step_tools(cfg, model, strategy, device: torch.device, world: Distributed | 
     autocast, scaler = amp_setup(cfg.amp, device)
     finite = FiniteCheck(cfg.nonfinite, lazy_on(device, cfg.nonfinite), scaler is not None)
     return StepTools(build_optimizer(cfg, params), params, autocast, scaler, cfg.grad_clip, finite,
-                     world or Distributed(), grad_norms)
+                     world or Distributed(), grad_norms,
+                     {m: list(enc.parameters()) for m, enc in model.encoders.items()})
 
 
 class CosineWarmup:

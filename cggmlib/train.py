@@ -125,9 +125,9 @@ def train_step(model, strategy, batch, epoch: int, tools: StepTools, step: int =
     (tools.scaler.scale(loss) if tools.scaler else loss).backward()
     if tools.scaler:
         tools.scaler.unscale_(tools.optimizer)  # modulation and clipping act on true gradients
-    before = encoder_grad_norms(model, "grad_norm") if tools.grad_norms else {}
+    before = encoder_grad_norms(tools.encoder_params, "grad_norm") if tools.grad_norms else {}
     stats = strategy.after_backward(model, batch, out, epoch)  # gradient modulation happens here
-    after = encoder_grad_norms(model, "grad_norm_mod") if tools.grad_norms else {}
+    after = encoder_grad_norms(tools.encoder_params, "grad_norm_mod") if tools.grad_norms else {}
     tools.world.average_gradients(tools.params)  # data parallel: every rank steps with the mean
     total = get_total_norm([p.grad for p in tools.params if p.grad is not None])
     row = {"loss": loss.detach(), "grad_norm_total": total, **before, **after, **stats}
@@ -159,11 +159,15 @@ def evaluate(model, loader, task, device=None, strategy=None) -> dict[str, float
     return meter.compute() | {"loss": float(total) / max(n, 1)}
 
 
-def encoder_grad_norms(model, prefix: str) -> dict[str, torch.Tensor]:
-    """‖∇θ^{φ_m} L‖₂ of every encoder, as device tensors (no host sync)."""
+def encoder_grad_norms(encoder_params, prefix: str) -> dict[str, torch.Tensor]:
+    """‖∇θ^{φ_m} L‖₂ of every encoder, as device tensors (no host sync).
+
+    `encoder_params`: {m: parameters of encoder m} (a model with `encoders` is accepted too)."""
+    if hasattr(encoder_params, "encoders"):
+        encoder_params = {m: list(enc.parameters()) for m, enc in encoder_params.encoders.items()}
     out = {}
-    for m, enc in model.encoders.items():
-        grads = [p.grad for p in enc.parameters() if p.grad is not None]
+    for m, params in encoder_params.items():
+        grads = [p.grad for p in params if p.grad is not None]
         out[f"{prefix}/{m}"] = get_total_norm(grads) if grads else torch.zeros(())
     return out
 

@@ -27,6 +27,12 @@ Variants (`variant`, `guard`):
   improved. B then lies in [0, 1]: finite and never sign-flipping. Chosen over clamping the
   official B because clamping keeps a near-zero denominator's arbitrary ratio, while a modality whose
   metric fell has made no progress and should get no share of the improvement.
+
+Cost: the classifiers read detached features, so their forward, backward and step do not depend on
+the main backward. With `overlap` (on by default on CUDA, official variant) they run in a worker
+thread, on a side CUDA stream, while the main backward runs; the encoders' gradients are scaled once
+both are done. Results are the same as without overlap (same operations, same random draws, in the
+same order). Nothing in a step reads a device value on the host.
 """
 from __future__ import annotations
 
@@ -38,7 +44,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.base import fused_output_layer
 from .base import Strategy
-from .classifiers import ModalityClassifiers
+from .classifiers import ModalityClassifiers, cosines
+from .overlap import Overlap
 
 VARIANTS = ("official", "paper")
 
@@ -78,6 +85,9 @@ class CGGM(Strategy):
     """epochs during which the classifiers learn but nothing is modulated (0 as in the released code)"""
     classifiers_override: dict | None = field(default=None, repr=False)
     """your own classifiers f_m {modality: module with `.out_layer`}; default: model.modality_classifier(m)"""
+    overlap: bool | None = None
+    """run the classifiers concurrently with the main backward (worker thread; side stream on CUDA);
+    None: on for a CUDA model, off on CPU (True there uses a second core). Official variant only"""
 
     min_modalities = 2
 
@@ -91,6 +101,8 @@ class CGGM(Strategy):
                               "(add guard=True for the guarded coefficients)")
         if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ConfigError(f"cggm: warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        if self.overlap not in (None, True, False):
+            raise ConfigError(f"cggm: overlap must be true, false or None (auto: on CUDA), got {self.overlap!r}")
 
     def uses_classifiers(self) -> bool:
         return True
@@ -100,19 +112,37 @@ class CGGM(Strategy):
         if self.classifiers_override is not None:
             self.classifiers = ModalityClassifiers.for_strategy(self, model, heads=self.classifiers_override)
         self.fused = fused_output_layer(model)
+        self.encoder_params = {m: list(model.encoders[m].parameters()) for m in self.modalities}
         self.pending = None  # official: (B, W_fused, W_f_m) of step t, turned into L_gm at step t + 1
-        self._paper_stats = None
+        self._paper_stats, self._l_gm = None, None
+        device = self.fused.weight.device
+        on = self.overlap if self.overlap is not None else device.type == "cuda"
+        self._overlap = Overlap(device) if on and self.variant == "official" else None
 
     def active(self, epoch: int) -> bool:
         return epoch >= self.warmup_epochs
 
-    def _observe(self, out, batch) -> tuple[dict, torch.Tensor]:
+    def _observe(self, features, target) -> tuple[dict, torch.Tensor]:
         """Train the classifiers on this batch; ε_m, Δε_m and the coefficients B_m (no ρ)."""
         metric = self.task.paper_metric if self.variant == "paper" else self.task.step_metric
-        stats = self.classifiers.observe(out.features, batch.target, metric=metric)
+        stats = self.classifiers.observe(features, target, metric=metric)
         delta = self.classifiers.delta
         coeff = guarded_balance_coefficients(delta) if self.guard else balance_coefficients(delta)
         return stats | {f"balance/{m}": b for m, b in zip(self.modalities, coeff)}, coeff
+
+    def _classifier_step(self, features, target) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Official: f_m forward, backward and step on detached features; returns the stats, B_m and
+        the (M, K) output-layer weights of the classifiers before their step (for cos_m)."""
+        stats, coeff = self._observe(features, target)
+        weights = self.classifiers.out_weights()
+        self.classifiers.step()
+        return stats, coeff, weights
+
+    def forward(self, model, batch, epoch: int):
+        out = model(batch.inputs)
+        if self._overlap is not None:  # start the classifiers now; after_backward collects them
+            self._overlap.submit(self._classifier_step, out.features, batch.target)
+        return out
 
     def loss(self, model, batch, out, epoch: int) -> torch.Tensor:
         task_loss = self.task.loss(out.logits, batch.target)
@@ -122,44 +152,48 @@ class CGGM(Strategy):
             if self.pending is None or self.lam == 0:
                 return task_loss
             coeff, fused_then, heads_then = self.pending
-            w = self.fused.weight
+            w = self.fused.weight.flatten()
             # the value of step t with the gradient of W_fused: what the official code's clone() gives
-            fused = w + (fused_then - w).detach()
-            cos = torch.stack([_cos(fused, h) for h in heads_then])
-            self._l_gm = direction_loss(coeff, cos)
+            fused = w + (fused_then.to(w.dtype) - w).detach()
+            self._l_gm = direction_loss(coeff, _cosines(fused, heads_then))
             return task_loss + self.lam * self._l_gm
         # paper: classifiers, coefficients and gradient cosines of this very step
-        stats, coeff = self._observe(out, batch)
+        stats, coeff = self._observe(out.features, batch.target)
         coeff = self.rho * coeff  # Eq. 7: ρ inside B
         g_fused, = torch.autograd.grad(task_loss, self.fused.weight, create_graph=True)
-        cos = torch.stack([_cos(g_fused, self.classifiers.out_weight(m).grad) for m in self.modalities])
+        cos = _cosines(g_fused, [self.classifiers.out_weight(m).grad for m in self.modalities])
         self._l_gm = direction_loss(coeff, cos)
         self._paper_stats = (stats | {f"cos_grad/{m}": c.detach() for m, c in zip(self.modalities, cos)}, coeff)
         return task_loss + self.lam * self._l_gm if self.lam else task_loss
 
     def after_backward(self, model, batch, out, epoch: int) -> dict:
         active = self.active(epoch)
+        w = self.fused.weight
         if self.variant == "paper" and active:
             stats, scale = self._paper_stats
+            stats |= {f"cos_weight/{m}": c for m, c in self.classifiers.weight_cosines(w).items()}
+            self.classifiers.step()
         else:
-            stats, coeff = self._observe(out, batch)
+            if self._overlap is not None:
+                stats, coeff, heads = self._overlap.result()
+            else:
+                stats, coeff, heads = self._classifier_step(out.features, batch.target)
             scale = self.rho * coeff
-            stats |= {f"cos_grad/{m}": c for m, c in self.classifiers.grad_cosines(self.fused.weight.grad).items()}
+            fused_now = w.detach().flatten().float().clone()
+            stats |= {f"cos_weight/{m}": c for m, c in zip(self.modalities, cosines(fused_now, heads))}
+            stats |= {f"cos_grad/{m}": c for m, c in self.classifiers.grad_cosines(w.grad).items()}
             if active and self.variant == "official" and self.lam:
-                self.pending = (coeff.detach(), self.fused.weight.detach().clone(),
-                                [self.classifiers.out_weight(m).detach().clone() for m in self.modalities])
-        stats |= {f"cos_weight/{m}": c for m, c in self.classifiers.weight_cosines(self.fused.weight).items()}
+                self.pending = (coeff.detach(), fused_now, heads)
         if active and self.magnitude:
-            for m, k in zip(self.modalities, scale):
-                for p in model.encoders[m].parameters():
-                    if p.grad is not None:
-                        p.grad.mul_(k)
+            for m, k in zip(self.modalities, scale):  # Eq. 8: ∇θ^{φ_m} L ← ρ·B_m ∇θ^{φ_m} L
+                grads = [p.grad for p in self.encoder_params[m] if p.grad is not None]
+                if grads:
+                    torch._foreach_mul_(grads, k)
         applied = scale if active and self.magnitude else torch.ones_like(scale)
         stats |= {f"coeff/{m}": k for m, k in zip(self.modalities, applied)}
-        if active and self.lam and getattr(self, "_l_gm", None) is not None:
+        if active and self.lam and self._l_gm is not None:
             stats["l_gm"] = self._l_gm.detach()
         self._l_gm = None
-        self.classifiers.step()
         return stats
 
     def state_dict(self) -> dict:
@@ -167,12 +201,21 @@ class CGGM(Strategy):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.pending = state["pending"]
+        pending = state["pending"]
+        if pending is not None and isinstance(pending[2], list):  # checkpoints written before the stacked form
+            pending = (pending[0], pending[1].flatten().float(), torch.stack([w.flatten().float() for w in pending[2]]))
+        self.pending = pending
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if b is None or a.shape != b.shape:
-        raise ConfigError(f"cggm: the direction term compares the fused output layer {tuple(a.shape)} with "
-                          f"each classifier's output layer {None if b is None else tuple(b.shape)}; "
-                          "they must have the same shape (or set lam=0)")
-    return F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0)
+def _cosines(fused: torch.Tensor, others) -> torch.Tensor:
+    """(M,) cos_m between the fused output layer and each classifier's (stacked (M, K) or a list),
+    differentiable in `fused`; ConfigError when a classifier's layer has another size."""
+    n = fused.numel()
+    sizes = [others.shape[1]] * len(others) if torch.is_tensor(others) else [
+        None if o is None else o.numel() for o in others]
+    bad = next((k for k in sizes if k != n), False)
+    if bad is not False:
+        raise ConfigError(f"cggm: the direction term compares the fused output layer ({n} weights) with each "
+                          f"classifier's output layer (got {bad}); they must have the same shape (or set lam=0)")
+    stacked = others if torch.is_tensor(others) else torch.stack([o.flatten() for o in others])
+    return F.cosine_similarity(stacked.float(), fused.flatten().float()[None], dim=1)
