@@ -61,8 +61,15 @@ _TINY_DEEPLAB = {"arch": "deeplab", "deeplab": dict(depth=101, width=8, blocks=(
                                                     aspp_channels=32, aspp_dilations=(1, 2, 4, 6),
                                                     decoder_channels=32)}
 #: size -> model -> Case. reduced: the paper's transformer widths and depths with shorter sequences
-#: and batches, a narrow one-block-per-stage DeepLab; paper: the paper's shapes and batch sizes.
+#: and batches, a narrow one-block-per-stage DeepLab; paper: the paper's shapes and batch sizes;
+#: smoke: the smoke presets' models on tiny inputs (tests, a quick look).
 CASES = {
+    "smoke": {
+        "mosi": Case("mosi", _seq(text=(8, 30), audio=(8, 5), vision=(8, 20)), Regression(), 8, "smoke"),
+        "iemocap": Case("iemocap", _seq(text=(6, 64), audio=(8, 13), vision=(8, 34)), Classification(4), 8, "smoke"),
+        "food101": Case("food101", _seq(image=(8, 48), text=(6, 48)), Classification(101), 8, "smoke"),
+        "brats2021": Case("brats2021", {m: (1, 32, 32) for m in BRATS}, Segmentation(), 2, "smoke"),
+    },
     "reduced": {
         "mosi": Case("mosi", _seq(text=(50, 300), audio=(50, 5), vision=(50, 20)), Regression(), 64),
         "iemocap": Case("iemocap", _seq(text=(22, 1024), audio=(50, 130), vision=(50, 342)), Classification(4), 32),
@@ -108,28 +115,32 @@ def make_data(case: Case, batch) -> Data:
 
 
 def pooled_classifiers(model, case: Case) -> dict:
-    """The lighter classifier f_m: mean over positions (or pixels), one Linear (`PooledLinear`)."""
+    """The lighter classifier f_m: mean over positions and one Linear (`PooledLinear`) for sequences; a
+    1×1 conv, ReLU and a 1×1 `out_layer` for feature maps (no decoder). Output layers keep the fused
+    layer's shape, so the direction term still compares them."""
+    from .models.base import fused_output_layer
+
+    width = fused_output_layer(model).weight.shape[1]
     with torch.no_grad():
         was = model.training
         model.eval()
         feats = model(make_batch(case, next(model.parameters()).device, batch_size=2).inputs).features
         model.train(was)
-    out = {}
-    for m, f in feats.items():
-        dim = f.shape[1] if f.dim() == 4 else f.shape[-1]
-        out[m] = _PooledMap(dim, case.task.num_outputs) if f.dim() == 4 else PooledLinear(dim, case.task.num_outputs)
-    return out
+    device = next(model.parameters()).device
+    return {m: (_PooledMap(f.shape[1], width, case.task.num_outputs) if f.dim() == 4
+                else PooledLinear(f.shape[-1], case.task.num_outputs)).to(device) for m, f in feats.items()}
 
 
 class _PooledMap(torch.nn.Module):
-    """Per-pixel 1×1 conv (`out_layer`) on a feature map, upsampled ×4 to the label size (BraTS)."""
+    """Feature map → 1×1 conv → ReLU → 1×1 `out_layer`, upsampled ×4 to the label size (BraTS)."""
 
-    def __init__(self, channels: int, num_outputs: int):
+    def __init__(self, channels: int, width: int, num_outputs: int):
         super().__init__()
-        self.out_layer = torch.nn.Conv2d(channels, num_outputs, 1)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(channels, width, 1), torch.nn.ReLU())
+        self.out_layer = torch.nn.Conv2d(width, num_outputs, 1)
 
     def forward(self, feature):
-        return torch.nn.functional.interpolate(self.out_layer(feature), scale_factor=4, mode="bilinear")
+        return torch.nn.functional.interpolate(self.out_layer(self.body(feature)), scale_factor=4, mode="bilinear")
 
 
 class Runner:

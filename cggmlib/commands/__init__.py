@@ -13,7 +13,9 @@ COMMANDS = {
     "train": ("train", "train one (dataset, strategy, seed) run and write its results folder"),
     "doctor": ("doctor", "check dataset folders: layout, keys, shapes, dtypes, labels, splits"),
     "make-standin": ("standin", "write a small synthetic stand-in of a paper dataset in its real format"),
+    "bench": ("bench", "step time and memory of joint training, CGGM and every baseline, side by side"),
     "compare": ("compare", "every strategy on the same seeds: mean ± std and the paired difference to joint"),
+    "reproduce": ("reproduce", "run the paper's figures and tables as notebooks (profiles smoke, paper, colab)"),
 }
 
 

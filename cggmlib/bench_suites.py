@@ -1,0 +1,147 @@
+"""The measurements of `cggm bench`, one function per suite; each yields one row (a dict) per measurement.
+
+- `strategies`: every paper model: joint, CGGM (official, official+guard, paper, the lighter pooled
+  classifier, overlap) with its classifiers alone, every baseline, and joint without gradient-norm
+  logging; each row paired with its own joint run;
+- `modalities`: cost against the number of modalities (2 to 8, `synthetic` late-fusion MLP);
+- `batch`: cost against batch size (MOSI model);
+- `food_cache`: a training step on cached frozen BERT/ViT tokens against recomputing them every batch
+  as the official Food-101 code does (same architectures, random weights: the cost does not depend
+  on the values).
+Row keys and the ratios are explained in cggmlib/bench.py.
+"""
+from __future__ import annotations
+
+import tempfile
+
+import torch
+
+from .bench import CASES, HeadsRunner, Runner, make_batch, median_ms, peak_mb, synthetic_case, time_steps
+from .modulation import STRATEGIES
+
+#: CGGM rows: label -> (strategy options, lighter classifier?)
+CGGM_ARMS = {
+    "official": ({"variant": "official"}, False),
+    "official+guard": ({"variant": "official", "guard": True}, False),
+    "paper": ({"variant": "paper"}, False),
+    "official/pooled": ({"variant": "official"}, True),
+}
+#: options a baseline needs to run inside a benchmark (UMT/UME: one-epoch teachers in a temporary folder)
+BASELINE_OPTIONS = {"umt": {"teacher_epochs": 1}, "ume": {"teacher_epochs": 1}}
+
+
+def _row(case_name, size, device, batch_size, strategy, variant, times, joint_key="joint", heads_key=None,
+         peaks=None, arm="arm") -> dict:
+    arm_ms, joint_ms = median_ms(times[arm]), median_ms(times[joint_key])
+    row = {"model": case_name, "size": size, "device": str(device), "threads": torch.get_num_threads(),
+           "batch": batch_size, "strategy": strategy, "variant": variant, "step_ms": arm_ms, "joint_ms": joint_ms,
+           "vs_joint": arm_ms / joint_ms}
+    if heads_key:
+        heads_ms = median_ms(times[heads_key])
+        row |= {"heads_ms": heads_ms, "overhead_vs_heads": (arm_ms - joint_ms) / heads_ms}
+    if peaks:
+        row |= {"peak_mb": peaks[arm], "extra_mb": peaks[arm] - peaks[joint_key]}
+    return row | {"reps": len(times[arm])}
+
+
+def _measure(runners: dict, reps: int, device, memory: bool) -> tuple[dict, dict | None]:
+    times = time_steps(runners, reps, device=device)
+    peaks = {k: peak_mb(r, device) for k, r in runners.items()} if memory else None
+    return times, peaks
+
+
+def strategies(size: str = "reduced", device="cpu", models=None, names=None, reps: int = 7,
+               memory: bool = True, overlap: bool | None = None):
+    """One row per (model, strategy or CGGM variant), each timed alternately with joint training."""
+    names = [n for n in (names or STRATEGIES) if n != "joint"]
+    overlap = torch.device(device).type == "cuda" if overlap is None else overlap
+    for model in models or CASES[size]:
+        case = CASES[size][model]
+        joint = Runner(case, "joint", device)
+        arms = []
+        if "cggm" in names:
+            arms += [("cggm", label, opts, light) for label, (opts, light) in CGGM_ARMS.items()]
+            if overlap:
+                arms.append(("cggm", "official/overlap", {"variant": "official", "overlap": True}, False))
+        arms += [(n, "", BASELINE_OPTIONS.get(n, {}), False) for n in names if n != "cggm"]
+        quiet = Runner(case, "joint", device, batch=joint.batch, grad_norms=False)
+        times, peaks = _measure({"joint": joint, "arm": quiet}, reps, device, memory)
+        yield _row(model, size, device, case.batch_size, "joint", "no grad-norm logging", times, peaks=peaks)
+        with tempfile.TemporaryDirectory() as teachers:
+            for name, variant, options, light in arms:
+                try:
+                    options = options | ({"teacher_dir": teachers} if name in BASELINE_OPTIONS else {})
+                    arm = Runner(case, name, device, options, batch=joint.batch, light=light)
+                    runners = {"joint": joint, "arm": arm}
+                    if name == "cggm":
+                        runners["heads"] = HeadsRunner(arm)
+                    times, peaks = _measure(runners, reps, device, memory)
+                    yield _row(model, size, device, case.batch_size, name, variant, times,
+                               heads_key="heads" if name == "cggm" else None, peaks=peaks)
+                except Exception as err:  # one failing row must not end the benchmark
+                    yield {"model": model, "size": size, "device": str(device), "strategy": name, "variant": variant,
+                           "error": f"{type(err).__name__}: {err}".replace("\n", " ")[:200]}
+
+
+def modalities(device="cpu", counts=range(2, 9), reps: int = 9, batch_size: int = 256):
+    """Joint, CGGM and its classifiers alone on the `synthetic` MLP with M = 2..8 modalities."""
+    for m in counts:
+        case = synthetic_case(m, batch_size)
+        joint = Runner(case, "joint", device)
+        cggm = Runner(case, "cggm", device, batch=joint.batch)
+        times = time_steps({"joint": joint, "arm": cggm, "heads": HeadsRunner(cggm)}, reps, device=device)
+        yield {"suite": "modalities", "modalities": m} | _row(f"synthetic-M{m}", "reduced", device, batch_size,
+                                                              "cggm", "official", times, heads_key="heads")
+
+
+def batch_sizes(device="cpu", model: str = "mosi", sizes=(8, 16, 32, 64, 128), reps: int = 7, size: str = "reduced"):
+    """Joint, CGGM and its classifiers alone on one model at several batch sizes."""
+    base = CASES[size][model]
+    for n in sizes:
+        batch = make_batch(base, device, batch_size=n)
+        joint = Runner(base, "joint", device, batch=batch)
+        cggm = Runner(base, "cggm", device, batch=batch)
+        times = time_steps({"joint": joint, "arm": cggm, "heads": HeadsRunner(cggm)}, reps, device=device)
+        yield {"suite": "batch"} | _row(model, size, device, n, "cggm", "official", times, heads_key="heads")
+
+
+def food_cache(device="cpu", batch_size: int = 4, reps: int = 3, size: str = "reduced"):
+    """Seconds per Food-101 step with cached tokens vs with frozen ViT-B/16 + BERT-base run on every batch."""
+    from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+    case = CASES["paper"]["food101"]
+    batch = make_batch(case, device, batch_size=batch_size)
+    step = Runner(case, "cggm", device, batch=batch)
+    vit, bert = ViTModel(ViTConfig()).to(device).eval(), BertModel(BertConfig()).to(device).eval()
+    images = torch.randn(batch_size, 3, 224, 224, device=device)
+    tokens = torch.randint(0, 30522, (batch_size, 50), device=device)
+
+    @torch.no_grad()
+    def encode():
+        return vit(pixel_values=images).last_hidden_state, bert(input_ids=tokens).last_hidden_state
+
+    class Encode:
+        def step(self):
+            encode()
+
+    times = time_steps({"step": step, "encode": Encode()}, reps, warmup=1, device=device)
+    step_ms, encode_ms = median_ms(times["step"]), median_ms(times["encode"])
+    yield {"suite": "food_cache", "model": "food101", "size": "paper", "device": str(device),
+           "threads": torch.get_num_threads(), "batch": batch_size, "cached_step_ms": step_ms,
+           "encode_ms": encode_ms, "recompute_step_ms": step_ms + encode_ms,
+           "speedup": (step_ms + encode_ms) / step_ms, "reps": reps}
+
+
+SUITES = {"strategies": strategies, "modalities": modalities, "batch": batch_sizes, "food_cache": food_cache}
+
+
+def fit_line(xs, ys) -> tuple[float, float, float]:
+    """Least-squares slope, intercept and R² of ys against xs (cost against the number of modalities)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys) or 1e-12
+    return slope, intercept, 1 - ss_res / ss_tot

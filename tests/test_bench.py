@@ -1,0 +1,132 @@
+"""Performance paths: `cggm bench` output and ratios, CPU peak memory, the classifiers alone, CGGM's
+overlap giving identical results, no host reads in a step, and the lazy non-finite check."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cggmlib as cg
+from cggmlib import bench as B
+from cggmlib.bench_suites import _row, fit_line
+from cggmlib.commands.bench import line
+
+
+def test_cli_writes_one_parsable_line_per_measurement_and_the_tables(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cggmlib", "bench", "--size", "smoke", "--suite", "strategies",
+                           "batch", "--models", "mosi", "--reps", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [dict(kv.split("=", 1) for kv in ln.split()) for ln in proc.stdout.splitlines() if ln.startswith("suite=")]
+    saved = [json.loads(x) for x in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert len(rows) == len(saved) and len(rows) >= len(cg.STRATEGIES) + 3 + 5
+    strategies = {r["strategy"] for r in rows if r["suite"] == "strategies"}
+    assert strategies == set(cg.STRATEGIES)  # every baseline measured (pmr: a clear error on regression)
+    errors = {r["strategy"] for r in rows if "error" in r}
+    assert errors <= {"pmr"}, errors
+    for r in rows:
+        if "error" not in r:
+            assert float(r["step_ms"]) > 0 and float(r["vs_joint"]) > 0
+    official = next(r for r in rows if r["strategy"] == "cggm" and r["variant"] == "official" and r["suite"] == "strategies")
+    assert {"heads_ms", "overhead_vs_heads", "peak_mb", "extra_mb"} <= set(official)
+    table = (tmp_path / "bench.md").read_text()
+    assert "| mosi | cpu | 8 | cggm | official |" in table and "| batch | joint ms |" in table
+
+
+def test_ratios_are_computed_from_medians():
+    times = {"joint": [0.10, 0.30, 0.11], "arm": [0.15, 0.16, 0.9], "heads": [0.04, 0.05, 0.06]}
+    row = _row("m", "smoke", "cpu", 8, "cggm", "official", times, heads_key="heads", peaks={"joint": 10.0, "arm": 12.5})
+    assert row["step_ms"] == pytest.approx(160) and row["joint_ms"] == pytest.approx(110)
+    assert row["vs_joint"] == pytest.approx(160 / 110)
+    assert row["overhead_vs_heads"] == pytest.approx((160 - 110) / 50)
+    assert row["extra_mb"] == pytest.approx(2.5)
+    assert line({"model": "m", "step_ms": 41.234, "vs_joint": 1.3123}) == "model=m step_ms=41.2 vs_joint=1.31"
+
+
+def test_fit_line_recovers_a_line():
+    slope, intercept, r2 = fit_line([2, 3, 4, 5], [1.5, 2.0, 2.5, 3.0])
+    assert (slope, intercept, r2) == pytest.approx((0.5, 0.5, 1.0))
+
+
+def test_cpu_peak_memory_counts_the_classifiers_state():
+    torch.manual_seed(0)
+    case = B.CASES["smoke"]["mosi"]
+    joint = B.Runner(case, "joint", "cpu")
+    cggm = B.Runner(case, "cggm", "cpu", batch=joint.batch)
+    for r in (joint, cggm):
+        r.step()
+    heads = cggm.strategy.classifiers
+    # parameters, gradients and Adam's two moments of every f_m: at least 4 × their parameter bytes
+    floor = 4 * sum(p.numel() * p.element_size() for p in heads.parameters()) / 2**20
+    joint_mb = B.peak_mb(joint, "cpu")
+    assert B.peak_mb(cggm, "cpu") - joint_mb >= 0.9 * floor
+    assert joint_mb > sum(p.numel() * 4 for p in joint.model.parameters()) / 2**20
+
+
+def test_classifiers_alone_train_only_the_classifiers():
+    case = B.CASES["smoke"]["iemocap"]
+    runner = B.Runner(case, "cggm", "cpu")
+    model_before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    alone = B.HeadsRunner(runner)
+    heads_before = [p.detach().clone() for p in alone.classifiers.parameters()]
+    alone.step()
+    assert all(torch.equal(v, runner.model.state_dict()[k]) for k, v in model_before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(heads_before, alone.classifiers.parameters()))
+
+
+def _train(strategy_kwargs, data_kwargs=None, epochs=2):
+    data = cg.load_data("synthetic", num_samples=400, batch_size=32, **(data_kwargs or {}))
+    cfg = cg.Config(dataset="synthetic", strategy="cggm", epochs=epochs, seed=3)
+    torch.manual_seed(0)
+    model = cg.build_model("synthetic", data)
+    return cg.train(model, cg.make_strategy("cggm", **strategy_kwargs), data, cfg, progress=False), model
+
+
+def test_overlapped_classifiers_give_identical_results():
+    (a, model_a), (b, model_b) = _train({}), _train({"overlap": True})
+    assert a.metrics == b.metrics
+    assert a.trace.frame().equals(b.trace.frame())
+    assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+
+
+def test_a_cggm_step_reads_nothing_on_the_host(monkeypatch):
+    """On a GPU each of these would wait for the device; cggmlib's step code calls none of them."""
+    import cggmlib.optim
+
+    monkeypatch.setattr(cggmlib.optim, "lazy_on", lambda device, nonfinite: True)
+    runner = B.Runner(B.CASES["smoke"]["mosi"], "cggm", "cpu")
+    runner.trace.flush_every = 10**9  # the trace reads its values in batches, outside the step
+    calls = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("cggmlib"):
+                calls.append((_name, caller, sys._getframe(1).f_lineno))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    for _ in range(4):
+        runner.step()
+    monkeypatch.undo()
+    assert calls == []
+
+
+def test_lazy_check_still_names_the_first_bad_step(monkeypatch):
+    import cggmlib.optim
+
+    monkeypatch.setattr(cggmlib.optim, "lazy_on", lambda device, nonfinite: nonfinite == "raise")
+    data = cg.load_data("synthetic", num_samples=300, batch_size=32)
+    data.train.inputs["m1"][40:50] = float("nan")  # the second batch of the first epoch
+    data.train.shuffle = False
+    model = cg.build_model("synthetic", data)
+    with pytest.raises(cg.NumericsError, match="checked lazily") as err:
+        cg.train(model, cg.make_strategy("cggm"), data, cg.Config(dataset="synthetic", strategy="cggm", epochs=1),
+                 progress=False)
+    message = str(err.value)
+    assert "step 1 " in message and "m1" in message and "coefficients" in message
