@@ -94,8 +94,8 @@ def build_scheduler(cfg, optimizer, steps_per_epoch: int):
 def amp_setup(amp: str, device: torch.device):
     """(autocast context factory, GradScaler or None) for amp = off | auto | bf16 | fp16.
 
-    auto: bf16 on a GPU that supports it, else fp16; off on a CPU (CPU autocast is slower than
-    float32 for these models). bf16 needs no scaler. fp16 uses a GradScaler; the loop unscales before
+    auto: bf16 on a GPU that supports it, else fp16; off on a CPU (CPU autocast only when asked for
+    by name). bf16 needs no scaler. fp16 uses a GradScaler; the loop unscales before
     modulation and clipping, so CGGM always edits true gradients. The CGGM classifiers always run in
     float32 (cggmlib/modulation/classifiers.py).
     """
