@@ -7,8 +7,10 @@ process, alternating the order every repetition; medians are reported. The class
 `ModalityClassifiers.observe` + `step` on the same detached features: the work CGGM cannot avoid.
 
     overhead_vs_heads = (step of CGGM − step of joint) / (step of the classifiers alone)
+    vs_joint = step of the strategy / step of joint
 
-1.0 means CGGM adds nothing beyond its classifiers' own compute. `peak_mb`: on CUDA the allocator's
+both from per-repetition pairs (cggmlib/bench_suites.py `_row`). 1.0 overhead_vs_heads means CGGM
+adds nothing beyond its classifiers' own compute. `peak_mb`: on CUDA the allocator's
 peak during one step; on CPU the tensors alive at the start of the step (weights, gradients,
 optimizer and strategy state) plus the highest running total of the step's allocations (profiler
 memory events). `extra_mb` = peak of the row − peak of joint training. Sizes: `reduced` (paper

@@ -12,6 +12,7 @@ Row keys and the ratios are explained in cggmlib/bench.py.
 """
 from __future__ import annotations
 
+import statistics
 import tempfile
 
 import torch
@@ -32,16 +33,19 @@ BASELINE_OPTIONS = {"umt": {"teacher_epochs": 1}, "ume": {"teacher_epochs": 1}}
 
 def _row(case_name, size, device, batch_size, strategy, variant, times, joint_key="joint", heads_key=None,
          peaks=None, arm="arm") -> dict:
-    arm_ms, joint_ms = median_ms(times[arm]), median_ms(times[joint_key])
+    """One measurement. Times are aligned by repetition (each runner ran once per rotation, adjacent in
+    time), so the ratios come from per-repetition pairs, which cancels slow changes of machine load:
+    vs_joint = median_k(arm_k / joint_k); overhead_vs_heads = median_k(arm_k − joint_k) / median(heads)."""
+    arm_t, joint_t = times[arm], times[joint_key]
     row = {"model": case_name, "size": size, "device": str(device), "threads": torch.get_num_threads(),
-           "batch": batch_size, "strategy": strategy, "variant": variant, "step_ms": arm_ms, "joint_ms": joint_ms,
-           "vs_joint": arm_ms / joint_ms}
+           "batch": batch_size, "strategy": strategy, "variant": variant, "step_ms": median_ms(arm_t),
+           "joint_ms": median_ms(joint_t), "vs_joint": statistics.median(a / j for a, j in zip(arm_t, joint_t))}
     if heads_key:
-        heads_ms = median_ms(times[heads_key])
-        row |= {"heads_ms": heads_ms, "overhead_vs_heads": (arm_ms - joint_ms) / heads_ms}
+        diff = statistics.median(a - j for a, j in zip(arm_t, joint_t))
+        row |= {"heads_ms": median_ms(times[heads_key]), "overhead_vs_heads": diff / statistics.median(times[heads_key])}
     if peaks:
         row |= {"peak_mb": peaks[arm], "extra_mb": peaks[arm] - peaks[joint_key]}
-    return row | {"reps": len(times[arm])}
+    return row | {"reps": len(arm_t), "times_ms": {k: [round(1000 * t, 3) for t in v] for k, v in times.items()}}
 
 
 def _measure(runners: dict, reps: int, device, memory: bool) -> tuple[dict, dict | None]:

@@ -76,7 +76,7 @@ def run(args) -> int:
 def line(row: dict) -> str:
     """key=value pairs in a fixed order (machine-readable: split on spaces, then on the first '=')."""
     keys = [k for k in KEYS if k in row] + [k for k in row if k not in KEYS]
-    return " ".join(f"{k}={_fmt(row[k])}" for k in keys if row[k] not in (None, ""))
+    return " ".join(f"{k}={_fmt(row[k])}" for k in keys if row[k] not in (None, "") and not isinstance(row[k], dict))
 
 
 def _fmt(v) -> str:
