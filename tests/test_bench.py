@@ -131,3 +131,16 @@ def test_lazy_check_still_names_the_first_bad_step(monkeypatch):
                  progress=False)
     message = str(err.value)
     assert "step 1 " in message and "m1" in message and "coefficients" in message
+
+
+def test_prepared_gpu_script_runs_its_sections_on_cpu(tmp_path):
+    """`python -m cggmlib.gpu_check --cpu-dry-run` walks every section with the smoke sizes (no GPU here)."""
+    proc = subprocess.run([sys.executable, "-m", "cggmlib.gpu_check", "--cpu-dry-run", "--reps", "1", "--models",
+                           "mosi", "--strategies", "ogm", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    suites = {r["suite"] for r in rows}
+    assert {"strategies", "strategies_bf16", "amp_train"} <= suites and "failed" not in suites
+    assert all(r["finite"] for r in rows if r["suite"] == "amp_train")
+    assert (tmp_path / "gpu_check.md").exists()

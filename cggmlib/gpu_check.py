@@ -1,0 +1,195 @@
+"""The prepared GPU check: `python -m cggmlib.gpu_check [--out DIR] [--budget-s 480]`.
+
+On one CUDA GPU, in one process and within a time budget, it
+1. checks that a CGGM step makes no host-device synchronisation
+   (`torch.cuda.set_sync_debug_mode("error")` around the steps; bf16 and float32, overlap on and off);
+2. benchmarks every paper model at the paper's sizes (cggmlib/bench.py `CASES["paper"]`): joint
+   training, CGGM (official with and without the side-stream overlap, guard, paper, the lighter pooled
+   classifier), its classifiers alone and every baseline, in float32 and in bf16 autocast, with peak
+   memory (`torch.cuda.max_memory_allocated`; `extra_mb` is the classifiers' extra memory, the
+   paper's Table 8);
+3. times channels-last memory format on the BraTS DeepLab;
+4. trains each model for a few steps with `amp="auto"` through `cggmlib.train` and checks the losses.
+Every measurement is one `key=value` line (as `cggm bench`), also written to DIR/gpu_check.jsonl and
+DIR/gpu_check.md (DIR defaults to $OUT when set, else results/gpu_check). Sections that do not fit in
+the budget are skipped and say so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import bench as B
+from . import bench_suites as S
+from .commands.bench import line, markdown
+from .runs import atomic_write_text
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.start, self.seconds = time.perf_counter(), seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.start)
+
+
+def sync_check(device) -> list[dict]:
+    """A few CGGM steps under set_sync_debug_mode('error'): any host-device sync raises."""
+    rows = []
+    case = B.CASES["reduced"]["mosi"]
+    for amp in ("off", "bf16"):
+        for overlap in (False, True):
+            runner = B.Runner(case, "cggm", device, {"overlap": overlap}, amp=amp)
+            runner.trace.flush_every = 10**9  # the trace's batched transfer is the one allowed read
+            runner.step()  # first step: lazy initialisations (optimizer state, cuBLAS handles)
+            torch.cuda.synchronize(device)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(3):
+                    runner.step()
+                result = "none"
+            except RuntimeError as err:
+                result = str(err).splitlines()[0][:160]
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            rows.append({"suite": "sync", "model": "mosi", "device": str(device), "strategy": "cggm",
+                         "variant": f"official amp={amp} overlap={overlap}", "host_syncs": result})
+    return rows
+
+
+def channels_last(device, reps: int) -> list[dict]:
+    """BraTS DeepLab step in channels-last vs the default layout (joint and CGGM)."""
+    case = B.CASES["paper"]["brats2021"]
+    rows = []
+    for strategy in ("joint", "cggm"):
+        base = B.Runner(case, strategy, device)
+        last = B.Runner(case, strategy, device, batch=base.batch)
+        last.model.to(memory_format=torch.channels_last)
+        last.batch = type(base.batch)({m: x.contiguous(memory_format=torch.channels_last)
+                                       for m, x in base.batch.inputs.items()}, base.batch.target)
+        times = B.time_steps({"joint": base, "arm": last}, reps, device=device)
+        row = S._row("brats2021", "paper", device, case.batch_size, strategy, "channels_last vs default", times)
+        rows.append({"suite": "channels_last"} | row)
+    return rows
+
+
+def train_with_amp(device, models) -> list[dict]:
+    """A few steps of `cggmlib.train` per paper model with amp="auto" (bf16 or fp16 + GradScaler)."""
+    import cggmlib as cg
+
+    rows = []
+    for name in models:
+        case = B.CASES["paper"][name]
+        batch = B.make_batch(case, "cpu", batch_size=min(case.batch_size, 16))
+        data = B.make_data(case, batch)
+        data.train.batch_size = max(2, len(batch) // 4)  # four steps
+        torch.manual_seed(0)
+        model = cg.build_model(case.dataset, data, case.preset, **case.model_kwargs)
+        cfg = cg.Config(dataset=case.dataset, strategy="cggm", preset=case.preset, epochs=1, amp="auto",
+                        device=str(device), scheduler="none")
+        started = time.perf_counter()
+        result = cg.train(model, cg.make_strategy("cggm", **cfg.strategy_kwargs), data, cfg, progress=False)
+        losses = result.trace.steps()["loss"].tolist()
+        rows.append({"suite": "amp_train", "model": name, "device": str(device), "strategy": "cggm",
+                     "variant": "amp=auto" + (f" ({'bf16' if torch.cuda.is_bf16_supported() else 'fp16'})"
+                                              if device.type == "cuda" else " (off on CPU)"),
+                     "steps": len(losses), "finite": all(map(lambda v: v == v and abs(v) < float("inf"), losses)),
+                     "seconds": time.perf_counter() - started})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cggmlib.gpu_check", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "results/gpu_check"))
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--budget-s", type=float, default=480, help="stop starting new sections after this many seconds")
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--strategies", nargs="+", default=None, help="default: every registered strategy")
+    p.add_argument("--cpu-dry-run", action="store_true",
+                   help="run every section on the CPU with the smoke sizes (checks this script, measures nothing)")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")
+    if args.cpu_dry_run:
+        B.CASES["paper"] = B.CASES["smoke"]
+        torch.set_num_threads(1)
+        device, header = torch.device("cpu"), "CPU dry run with the smoke sizes: not a measurement"
+    elif not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible; nothing to check (--cpu-dry-run checks the script itself)")
+        return 1
+    else:
+        device = torch.device("cuda")
+        props = torch.cuda.get_device_properties(device)
+        header = (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
+                  f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+    budget, out = Budget(args.budget_s), Path(args.out)
+    print(f"# {header}", flush=True)
+    rows: list[dict] = []
+
+    def emit(new_rows):
+        for row in new_rows:
+            rows.append(row)
+            print(line(row), flush=True)
+            atomic_write_text(out / "gpu_check.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    models = args.models or list(B.CASES["paper"])
+    baselines = [n for n in (args.strategies or S.STRATEGIES) if n not in ("joint", "cggm")]
+    # most important first: the budget may end the run before the baselines
+    sections = [] if args.cpu_dry_run else [("sync", lambda: sync_check(device))]
+    sections += [(f"cggm {m}", lambda m=m: _strategies(m, device, args, "off", ["cggm"])) for m in models]
+    sections += [(f"cggm {m} bf16", lambda m=m: _strategies(m, device, args, "bf16")) for m in models]
+    if "brats2021" in models:
+        sections.append(("channels_last", lambda: channels_last(device, args.reps)))
+    sections.append(("amp_train", lambda: train_with_amp(device, models)))
+    sections += [(f"baselines {m}", lambda m=m: _strategies(m, device, args, "off", baselines)) for m in models]
+    for name, section in sections:
+        if budget.left() <= 0:
+            emit([{"suite": "skipped", "variant": name, "error": "time budget spent"}])
+            continue
+        try:
+            emit(list(section()))
+        except Exception as err:  # report and go on: one section must not hide the others
+            emit([{"suite": "failed", "variant": name, "error": f"{type(err).__name__}: {err}"[:300]}])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    atomic_write_text(out / "gpu_check.md", f"{header}\n\n" + markdown(rows) + _extra_tables(rows))
+    print(f"# {len(rows)} rows in {budget.seconds - budget.left():.0f} s; {out / 'gpu_check.md'}", flush=True)
+    return 0
+
+
+def _strategies(model, device, args, amp, names=None):
+    """The `strategies` suite of cggm bench for one model at paper size (float32), or CGGM in bf16."""
+    if amp == "off":
+        for r in S.strategies("paper", device, [model], names, args.reps, True):
+            if names == ["cggm"] or r["strategy"] != "joint":  # the no-grad-norm row once per model
+                yield {"suite": "strategies"} | r
+        return
+    case = B.CASES["paper"][model]
+    joint = B.Runner(case, "joint", device, amp=amp)
+    for variant, options in (("official", {"overlap": False}), ("official/overlap", {"overlap": True})):
+        cggm = B.Runner(case, "cggm", device, options, amp=amp, batch=joint.batch)
+        runners = {"joint": joint, "arm": cggm, "heads": B.HeadsRunner(cggm)}
+        times, peaks = S._measure(runners, args.reps, device, True)
+        yield {"suite": "strategies_bf16"} | S._row(model, "paper", device, case.batch_size, "cggm", variant, times,
+                                                     heads_key="heads", peaks=peaks)
+
+
+def _extra_tables(rows) -> str:
+    out = []
+    for r in rows:
+        if r.get("suite") in ("sync", "amp_train", "skipped", "failed"):
+            out.append("- " + line(r))
+    for r in rows:
+        if r.get("suite") == "strategies_bf16" and "error" not in r:
+            out.append(f"- bf16 {r['model']} {r['variant']}: step {r['step_ms']:.1f} ms, vs_joint {r['vs_joint']:.2f}, "
+                       f"overhead_vs_heads {r['overhead_vs_heads']:.2f}, extra {r.get('extra_mb', 0):.1f} MB")
+    return ("\n" + "\n".join(out) + "\n") if out else ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
