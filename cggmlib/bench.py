@@ -116,7 +116,7 @@ def make_data(case: Case, batch) -> Data:
                 info={"source": "random inputs for cggm bench"})
 
 
-def pooled_classifiers(model, case: Case) -> dict:
+def pooled_classifiers(model, inputs: dict, num_outputs: int) -> dict:
     """The lighter classifier f_m: mean over positions and one Linear (`PooledLinear`) for sequences; a
     1×1 conv, ReLU and a 1×1 `out_layer` for feature maps (no decoder). Output layers keep the fused
     layer's shape, so the direction term still compares them."""
@@ -126,11 +126,11 @@ def pooled_classifiers(model, case: Case) -> dict:
     with torch.no_grad():
         was = model.training
         model.eval()
-        feats = model(make_batch(case, next(model.parameters()).device, batch_size=2).inputs).features
+        device = next(model.parameters()).device
+        feats = model({m: x[:2].to(device) for m, x in inputs.items()}).features
         model.train(was)
-    device = next(model.parameters()).device
-    return {m: (_PooledMap(f.shape[1], width, case.task.num_outputs) if f.dim() == 4
-                else PooledLinear(f.shape[-1], case.task.num_outputs)).to(device) for m, f in feats.items()}
+    return {m: (_PooledMap(f.shape[1], width, num_outputs) if f.dim() == 4
+                else PooledLinear(f.shape[-1], num_outputs)).to(device) for m, f in feats.items()}
 
 
 class _PooledMap(torch.nn.Module):
@@ -159,7 +159,7 @@ class Runner:
                      strategy_kwargs=options)
         kwargs = dict(cfg.strategy_kwargs)
         if light:
-            kwargs["classifiers_override"] = pooled_classifiers(self.model, case)
+            kwargs["classifiers_override"] = pooled_classifiers(self.model, self.batch.inputs, case.task.num_outputs)
         self.strategy = make_strategy(strategy, **kwargs)
         self.strategy.setup(self.model, data)
         self.strategy.on_epoch_start(self.model, data, 0)

@@ -5,6 +5,8 @@
   logging; each row paired with its own joint run;
 - `modalities`: cost against the number of modalities (2 to 8, `synthetic` late-fusion MLP);
 - `batch`: cost against batch size (MOSI model);
+- `light`: accuracy and training time of CGGM with its default classifiers vs the lighter pooled
+  one, a few seeds (needs the dataset files, e.g. stand-ins from `cggm make-standin`);
 - `food_cache`: a training step on cached frozen BERT/ViT tokens against recomputing them every batch
   as the official Food-101 code does (same architectures, random weights: the cost does not depend
   on the values).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 
 import torch
 
@@ -136,7 +139,36 @@ def food_cache(device="cpu", batch_size: int = 4, reps: int = 3, size: str = "re
            "speedup": (step_ms + encode_ms) / step_ms, "reps": reps}
 
 
-SUITES = {"strategies": strategies, "modalities": modalities, "batch": batch_sizes, "food_cache": food_cache}
+def light_accuracy(device="cpu", datasets=("mosi", "iemocap"), seeds=(0, 1, 2), data_root: str = "data",
+                   epochs: int | None = None):
+    """CGGM with the default classifiers vs the lighter pooled one (`PooledLinear`): the reported
+    metric and the wall time of each run (smoke preset; labelled stand-in when the files are)."""
+    import cggmlib as cg
+
+    from .bench import pooled_classifiers
+
+    for name in datasets:
+        for seed in seeds:
+            for classifier in ("default", "pooled"):
+                cfg = cg.Config(dataset=name, strategy="cggm", seed=seed, data_root=data_root, device=str(device),
+                                epochs=epochs)
+                cg.runs.seed_everything(seed)
+                data = cg.load_data(name, data_root, batch_size=cfg.batch_size, seed=seed)
+                model = cg.build_model(name, data, cfg.preset)
+                kwargs = dict(cfg.strategy_kwargs)
+                if classifier == "pooled":
+                    sample = next(iter(data.train)).inputs
+                    kwargs["classifiers_override"] = pooled_classifiers(model.to(device), sample, data.num_outputs)
+                started = time.perf_counter()
+                result = cg.train(model, cg.make_strategy("cggm", **kwargs), data, cfg, progress=False)
+                yield {"suite": "light", "model": name, "device": str(device), "strategy": "cggm",
+                       "variant": f"official/{classifier}", "seed": seed, "standin": data.standin,
+                       "metric": data.task.select, "value": result.metrics[data.task.select],
+                       "train_s": time.perf_counter() - started, "epochs": cfg.epochs}
+
+
+SUITES = {"strategies": strategies, "modalities": modalities, "batch": batch_sizes, "food_cache": food_cache,
+          "light": light_accuracy}
 
 
 def fit_line(xs, ys) -> tuple[float, float, float]:

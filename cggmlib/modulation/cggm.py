@@ -113,7 +113,7 @@ class CGGM(Strategy):
             self.classifiers = ModalityClassifiers.for_strategy(self, model, heads=self.classifiers_override)
         self.fused = fused_output_layer(model)
         self.encoder_params = {m: list(model.encoders[m].parameters()) for m in self.modalities}
-        self.pending = None  # official: (B, W_fused, W_f_m) of step t, turned into L_gm at step t + 1
+        self.pending = None  # official: (B, vec W_fused (K,), W_f_m stacked (M, K)) of step t → L_gm at t + 1
         self._paper_stats, self._l_gm = None, None
         device = self.fused.weight.device
         on = self.overlap if self.overlap is not None else device.type == "cuda"
