@@ -140,7 +140,7 @@ def food_cache(device="cpu", batch_size: int = 4, reps: int = 3, size: str = "re
 
 
 def light_accuracy(device="cpu", datasets=("mosi", "iemocap"), seeds=(0, 1, 2), data_root: str = "data",
-                   epochs: int | None = None):
+                   epochs: int | None = None, preset: str = "smoke"):
     """CGGM with the default classifiers vs the lighter pooled one (`PooledLinear`): the reported
     metric and the wall time of each run (smoke preset; labelled stand-in when the files are)."""
     import cggmlib as cg
@@ -151,7 +151,7 @@ def light_accuracy(device="cpu", datasets=("mosi", "iemocap"), seeds=(0, 1, 2), 
         for seed in seeds:
             for classifier in ("default", "pooled"):
                 cfg = cg.Config(dataset=name, strategy="cggm", seed=seed, data_root=data_root, device=str(device),
-                                epochs=epochs)
+                                epochs=epochs, preset=preset)
                 cg.runs.seed_everything(seed)
                 data = cg.load_data(name, data_root, batch_size=cfg.batch_size, seed=seed)
                 model = cg.build_model(name, data, cfg.preset)
@@ -161,10 +161,11 @@ def light_accuracy(device="cpu", datasets=("mosi", "iemocap"), seeds=(0, 1, 2), 
                     kwargs["classifiers_override"] = pooled_classifiers(model.to(device), sample, data.num_outputs)
                 started = time.perf_counter()
                 result = cg.train(model, cg.make_strategy("cggm", **kwargs), data, cfg, progress=False)
-                yield {"suite": "light", "model": name, "device": str(device), "strategy": "cggm",
+                numbers = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
+                yield {"suite": "light", "model": name, "size": preset, "device": str(device), "strategy": "cggm",
                        "variant": f"official/{classifier}", "seed": seed, "standin": data.standin,
                        "metric": data.task.select, "value": result.metrics[data.task.select],
-                       "train_s": time.perf_counter() - started, "epochs": cfg.epochs}
+                       "train_s": time.perf_counter() - started, "epochs": cfg.epochs, "metrics": numbers}
 
 
 SUITES = {"strategies": strategies, "modalities": modalities, "batch": batch_sizes, "food_cache": food_cache,

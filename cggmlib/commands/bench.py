@@ -16,12 +16,12 @@ from ..errors import ConfigError
 DEFAULT_SUITES = ("strategies", "modalities", "batch")
 KEYS = ("suite", "model", "size", "device", "threads", "batch", "modalities", "strategy", "variant", "step_ms",
         "joint_ms", "vs_joint", "heads_ms", "overhead_vs_heads", "peak_mb", "extra_mb", "cached_step_ms",
-        "encode_ms", "recompute_step_ms", "speedup", "reps", "error")
+        "encode_ms", "recompute_step_ms", "speedup", "seed", "metric", "value", "train_s", "reps", "error")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--suite", nargs="+", default=list(DEFAULT_SUITES),
-                   help="strategies | modalities | batch | food_cache (default: the first three)")
+                   help="strategies | modalities | batch | food_cache | light (default: the first three)")
     p.add_argument("--size", default=None, help="reduced (CPU default) | paper (GPU default)")
     p.add_argument("--models", nargs="+", default=None, help="mosi iemocap food101 brats2021 (default: all)")
     p.add_argument("--strategies", nargs="+", default=None, help="registry names (default: all)")
@@ -30,6 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--overlap", action="store_true", help="also time CGGM with overlap=True (on by default on CUDA)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--data-root", default="data", help="dataset files for the `light` suite (stand-ins are fine)")
     p.add_argument("--out", default="results/bench", help="folder for bench.jsonl and bench.md")
 
 
@@ -62,7 +63,8 @@ def run(args) -> int:
         elif suite == "batch":
             gen = S.batch_sizes(device, reps=args.reps, size=size)
         else:
-            gen = S.SUITES[suite](device, reps=args.reps) if suite != "food_cache" else S.food_cache(device)
+            gen = S.SUITES[suite](device, reps=args.reps) if suite not in ("food_cache", "light") else \
+                S.food_cache(device) if suite == "food_cache" else S.light_accuracy(device, data_root=args.data_root)
         for row in gen:
             row = {"suite": suite} | row
             rows.append(row)
@@ -98,7 +100,7 @@ def markdown(rows: list[dict], load: str = "") -> str:
     """The tables: per-strategy ratios, cost against modalities and batch size, Food-101 cache speed-up."""
     from ..bench_suites import fit_line
 
-    out = [f"# cggm bench\n\nMedians of alternated steps; {load} at the end of the run.\n"]
+    out = ["# cggm bench\n\nMedians of alternated steps" + (f"; {load} at the end of the run" if load else "") + ".\n"]
     strat = [r for r in rows if r.get("suite") == "strategies"]
     if strat:
         out.append("| model | device | batch | strategy | variant | step ms | vs_joint | overhead_vs_heads | peak MB | extra MB |")
@@ -127,11 +129,30 @@ def markdown(rows: list[dict], load: str = "") -> str:
         for r in sizes:
             out.append(f"| {r['batch']} | {r['joint_ms']:.1f} | {r['step_ms']:.1f} | {r['heads_ms']:.1f} | "
                        f"{r['vs_joint']:.2f} | {r['overhead_vs_heads']:.2f} |")
+    light = [r for r in rows if r.get("suite") == "light" and "error" not in r]
+    if light:
+        out.append(_light_table(light))
     for r in (r for r in rows if r.get("suite") == "food_cache" and "error" not in r):
         out.append(f"\nFood-101, batch {r['batch']} on {r['device']}: a step on cached tokens {r['cached_step_ms']:.0f} ms; "
                    f"frozen ViT-B/16 + BERT-base on every batch adds {r['encode_ms']:.0f} ms "
                    f"(×{r['speedup']:.1f} per step).")
     return "\n".join(out) + "\n"
+
+
+def _light_table(rows: list[dict]) -> str:
+    """Mean ± std over seeds of the selected metric and of the training time, per (model, classifier)."""
+    import statistics
+
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["model"], r.get("size", ""), r["variant"], r["metric"], r["standin"]), []).append(r)
+    lines = ["\n| model | preset | classifiers | metric | mean ± std | train s | seeds | data |", "|---|---|---|---|---|---|---|---|"]
+    for (model, size, variant, metric, standin), rs in groups.items():
+        vals, secs = [r["value"] for r in rs], [r["train_s"] for r in rs]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        lines.append(f"| {model} | {size} | {variant.split('/')[-1]} | {metric} | {statistics.mean(vals):.3f} ± {sd:.3f} | "
+                     f"{statistics.mean(secs):.1f} | {len(rs)} | {'stand-in' if standin else 'real'} |")
+    return "\n".join(lines)
 
 
 def _opt(row: dict, key: str, spec: str) -> str:
