@@ -16,9 +16,10 @@ from .errors import DataError
 from .runs import atomic_write_json
 
 
-def prepare(dataset: str, data_root, allow_standin: bool = False):
-    """Check `data_root/<dataset>` with its doctor; write a stand-in there first when the folder is
-    absent and `allow_standin`. Returns the DoctorReport; raises DataError listing the problems."""
+def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: dict | None = None):
+    """Check `data_root/<dataset>` with its doctor; write a stand-in there first (of `standin_size`)
+    when the folder is absent and `allow_standin`. Returns the DoctorReport; raises DataError listing
+    the problems."""
     from .data.standins import write_standin
 
     folder = Path(data_root) / dataset
@@ -26,7 +27,7 @@ def prepare(dataset: str, data_root, allow_standin: bool = False):
         if not allow_standin:
             raise DataError(f"{dataset} is not in {folder}: put the real data there, point --data-root at it, or "
                             f"run the smoke profile (it writes a stand-in)", path=folder, card=card(dataset))
-        write_standin(dataset, data_root)
+        write_standin(dataset, data_root, **(standin_size or {}))
     report = importlib.import_module(f".data.{DATASETS[dataset]}", __package__).check(folder)
     if not report.ok:
         raise DataError(f"cggm doctor found {len(report.problems)} problem(s) in {folder}:\n    "
@@ -63,9 +64,12 @@ def label_table(data) -> pd.DataFrame:
     return frame
 
 
-def summary(data, report=None) -> dict:
-    """What Table 1 and the index need: task, modalities, input shapes, sizes, stand-in or real, checks."""
-    return {"dataset": data.name, "task": data.task.kind, "modalities": list(data.input_dims),
+def summary(data, report=None, data_root=None) -> dict:
+    """What Table 1 and the index need: task, modalities, input shapes, sizes, stand-in or real, checks,
+    and (with `data_root`) the fingerprint of the file listing, so an unchanged dataset is not re-prepared."""
+    from .receipts import listing_fingerprint
+
+    return {"fingerprint": listing_fingerprint(data.name, data_root) if data_root is not None else None,"dataset": data.name, "task": data.task.kind, "modalities": list(data.input_dims),
             "input_dims": {m: list(d) if isinstance(d, (tuple, list)) else d for m, d in data.input_dims.items()},
             "sizes": split_sizes(data), "standin": bool(data.standin),
             "doctor": None if report is None else {"ok": report.ok, "checks": len(report.rows)},
@@ -76,13 +80,18 @@ def save_summary(info: dict, out_dir) -> Path:
     return atomic_write_json(Path(out_dir) / f"{info['dataset']}.json", info)
 
 
-def plot_labels(table: pd.DataFrame, ax=None, title: str = ""):
+def plot_labels(table: pd.DataFrame, ax=None, title: str = "", note: str | None = None):
+    """Bars of `label_table`, as fractions of each split; stamped with `note` (stand-in data)."""
     import matplotlib.pyplot as plt
+
+    from .figures import standin_note
 
     ax = ax or plt.gca()
     norm = table / table.sum()
     norm.plot.bar(ax=ax, rot=0)
     ax.set(ylabel="fraction of the split", title=title or "label distribution")
+    if note:
+        standin_note(ax.figure, note)
     return ax
 
 

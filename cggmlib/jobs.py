@@ -1,6 +1,6 @@
 """Executing the pipeline that cggmlib/pipeline.py plans: notebooks through papermill, atomically, in jobs.
 
-- Every executed notebook is written to a hidden `.<name>.partial` file and renamed into place only
+- Every executed notebook is written to a hidden `.<name>.<pid>.partial.ipynb` and renamed into place only
   when it ran to the end; a failed one is kept as `<name>.failed.ipynb` with its traceback, so no
   reader can mistake either for a result.
 - Worker runs that are complete for their configuration are skipped without starting a kernel; the
@@ -24,6 +24,8 @@ from .pipeline import Profile, Step, get_profile, plan
 from .reports import spec_status
 from .runs import atomic_write_json
 
+#: kernels draw figures into the executed notebooks, whatever MPLBACKEND the caller uses (make sets Agg)
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
 ERRORS = {name: getattr(errors, name) for name in ("ConfigError", "DataError", "ResultsError", "NumericsError")}
 
 
@@ -43,7 +45,8 @@ def execute(notebook, output, parameters: dict, cwd, env: dict | None = None) ->
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.partial.ipynb")
+    remove_stale_partials(output.parent)
+    tmp = output.with_name(f".{output.stem}.{os.getpid()}.partial.ipynb")  # one per writer: never shared
     started = time.time()
     with _environment(env or {}):
         try:
@@ -56,9 +59,27 @@ def execute(notebook, output, parameters: dict, cwd, env: dict | None = None) ->
             kind = ERRORS.get(err.ename, CGGMError)
             raise kind(f"{Path(notebook).name} failed: {err.ename}: {err.evalue}\n  executed copy with the "
                        f"traceback: {failed}") from None
+        except Exception as err:  # the kernel died (out of memory, killed) or could not start
+            failed, kept = output.with_name(output.stem + ".failed.ipynb"), tmp.exists()
+            if kept:
+                os.replace(tmp, failed)
+            raise CGGMError(f"{Path(notebook).name} did not run to the end: {type(err).__name__}: {err}"
+                            + (f"\n  partial copy: {failed}" if kept else "")) from err
     os.replace(tmp, output)
     output.with_name(output.stem + ".failed.ipynb").unlink(missing_ok=True)
     return time.time() - started
+
+
+def remove_stale_partials(folder) -> None:
+    """Delete `.<name>.<pid>.partial.ipynb` files whose writing process no longer exists."""
+    for path in Path(folder).glob(".*.partial.ipynb"):
+        pid = path.name.split(".")[-3]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            path.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 @contextlib.contextmanager
@@ -92,7 +113,8 @@ class Context:
         common = {"threads": self.threads}
         if step.kind == "data":
             return common | {"dataset": step.dataset, "data_root": str(self.data_root), "out_dir": str(self.root / "datasets"),
-                             "allow_standin": self.profile.allow_standin}
+                             "allow_standin": self.profile.allow_standin,
+                             "standin_size": self.profile.standin_size.get(step.dataset, {})}
         if step.kind == "worker":
             s = step.spec
             return common | {"dataset": s.dataset, "strategy": s.strategy, "strategy_kwargs": s.strategy_kwargs,
@@ -113,11 +135,23 @@ def run_step(ctx: Context, step: Step) -> dict:
             if status == "done":
                 return record | {"status": "skipped"}
             prepare_run_dir(ctx, step, status)
+        if step.kind == "data" and data_prepared(ctx, step):
+            return record | {"status": "skipped"}
         record["seconds"] = round(execute(ctx.notebooks / step.notebook, ctx.output(step), ctx.parameters(step),
-                                          cwd=ctx.results.parent, env={"OMP_NUM_THREADS": ctx.threads}), 2)
+                                          cwd=ctx.results.parent, env=KERNEL_ENV | {"OMP_NUM_THREADS": ctx.threads}), 2)
     except CGGMError as err:
         record |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return record
+
+
+def data_prepared(ctx: Context, step: Step) -> bool:
+    """The data step ran to the end before and the dataset's file listing has not changed since."""
+    from .receipts import listing_fingerprint
+
+    summary = ctx.root / "datasets" / f"{step.dataset}.json"
+    if not (summary.exists() and ctx.output(step).exists() and (ctx.data_root / step.dataset).is_dir()):
+        return False
+    return json.loads(summary.read_text()).get("fingerprint") == listing_fingerprint(step.dataset, ctx.data_root)
 
 
 def prepare_run_dir(ctx: Context, step: Step, status: str) -> None:

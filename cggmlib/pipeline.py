@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .config import Config
 from .errors import ConfigError
 
@@ -68,6 +67,8 @@ class Profile:
     """dataset -> epochs; absent: the preset's"""
     allow_standin: bool = False
     """data preparation writes a stand-in where the real data is absent"""
+    standin_size: dict = field(default_factory=dict)
+    """dataset -> size options of its stand-in writer (cggm make-standin --size)"""
     data_root: str = "data"
     """default data root; empty: <results>/<profile>/data (stand-ins are written there)"""
     results: str = "results"
@@ -97,6 +98,9 @@ PROFILES = {
 PROFILES["ci"] = dataclasses.replace(PROFILES["smoke"], name="ci", unimodal=("iemocap",), mfeat_methods=("joint", "cggm", "ogm"),
                                      mfeat_views=("fou", "mor"), audit_datasets=("synthetic",), rho_grid=(0.8,),
                                      lam_grid=(0.05,), gradient_batches=4,
+                                     standin_size={"iemocap": {"utterances": 120, "long_audio": 1},
+                                                   "mosi": {"train": 120, "valid": 30, "test": 50, "noalign": False},
+                                                   "food101": {"train": 120, "test": 40}},
                                      epochs={"synthetic": 2, "mfeat": 2, "mosi": 1, "iemocap": 1, "food101": 1,
                                              "brats2021": 1},
                                      description="the smoke profile's smallest grid (the test suite's end-to-end run)")
@@ -257,7 +261,7 @@ def plan(profile: Profile, only: list[str] | None = None, render_only: bool = Fa
     reports = [r for r in REPORTS if not only or any(_matches(r, t) for t in only)]
     wanted_groups = {g for r in reports for g in r.groups}
     workers = [s for s in specs if s.groups & wanted_groups or (only and "train" in only) or not only]
-    data = [d for d in DATA_STEPS if (not only and d.dataset in _datasets(specs))
+    data = [d for d in DATA_STEPS if (not only and d.dataset in {s.dataset for s in specs})
             or (only and (any(_matches(d, t) for t in only) or d.dataset in {s.dataset for s in workers}))]
     if only:
         known = [t for t in only if t == "train" or any(_matches(s, t) for s in (*REPORTS, *DATA_STEPS))]
@@ -269,10 +273,6 @@ def plan(profile: Profile, only: list[str] | None = None, render_only: bool = Fa
     if render_only:
         return reports
     return [*data, *(worker_step(s) for s in workers), *reports]
-
-
-def _datasets(specs) -> set:
-    return {s.dataset for s in specs}
 
 
 def _matches(step: Step, token: str) -> bool:

@@ -39,6 +39,15 @@ def dataset_files(dataset: str, data_root) -> tuple[list[Path], Path | None, str
     return files, root, f"every file under {root} except derived {'/'.join(DERIVED_FOLDERS)} folders"
 
 
+def listing_fingerprint(dataset: str, data_root) -> str:
+    """A hash of the dataset's file listing (names, sizes, modification times): cheap change detection."""
+    import hashlib
+
+    files, root, _ = dataset_files(dataset, data_root)
+    listing = [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
 def data_checksums(dataset: str, data_root, cache_dir=None) -> tuple[dict, str]:
     """({relative path: checksum}, how) of the dataset's files; cached in cache_dir/<dataset>.checksums.json
     and reused while the file listing (names, sizes, modification times) is unchanged."""
@@ -234,4 +243,4 @@ def _json(path):
         return None
 
 
-__all__ = ["claim", "data_checksums", "dataset_files", "finish_run", "load_trained", "train_or_load", "verify"]
+__all__ = ["claim", "data_checksums", "listing_fingerprint", "dataset_files", "finish_run", "load_trained", "train_or_load", "verify"]

@@ -44,3 +44,124 @@ def test_quickstart_runs_and_writes_runs_and_figures(tmp_path):
         assert (out / run / "trace.jsonl").stat().st_size > 0
     for ext in ("png", "pdf"):
         assert (out / "figures" / f"quickstart_dynamics.{ext}").stat().st_size > 10_000
+
+
+# --- cggm reproduce end to end (profile `ci`: the smoke profile's smallest grid) --------------------------
+# One session-scoped fixture runs the pipeline three times into a temporary results folder: a run killed
+# with SIGKILL once three runs are complete, the rerun that finishes it (two parallel jobs), and reviewer
+# mode (--render-only). About four minutes on two cores; every test below asserts on the files written.
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from cggmlib import jobs  # noqa: E402
+from cggmlib.pipeline import DATA_STEPS, REPORTS  # noqa: E402
+from cggmlib.errors import ConfigError  # noqa: E402
+
+ENV = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+
+
+def _completed(root):
+    return sorted(root.glob("*/*/seed*/metrics.json")) if root.is_dir() else []
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reproduce")
+    root = base / "results" / "ci"
+    cmd = [sys.executable, "-m", "cggmlib", "reproduce", "--profile", "ci", "--results", str(base / "results")]
+    with open(base / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd + ["--jobs", "2"], env=ENV, cwd=base, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while len(_completed(root)) < 3 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the pipeline ended before it could be killed: see killed.log"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = {p: p.stat().st_mtime_ns for p in _completed(root)}
+    for args, name in ((["--jobs", "2"], "rerun"), (["--render-only"], "render")):
+        done = subprocess.run(cmd + args, env=ENV, cwd=base, capture_output=True, text=True, timeout=1200)
+        (base / f"{name}.log").write_text(done.stdout + done.stderr)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"root": root, "killed": killed}
+
+
+@pytest.mark.notebook
+def test_reproduce_writes_every_paper_figure_and_table(reproduced):
+    root = reproduced["root"]
+    for k in range(2, 8):
+        for ext in ("png", "pdf"):
+            files = list((root / "figures").glob(f"fig{k}_*.{ext}"))
+            assert files and all(f.stat().st_size > 10_000 for f in files), (k, ext)
+    for k in range(1, 9):
+        for ext in ("csv", "md", "tex"):
+            assert list((root / "tables").glob(f"table{k}_*.{ext}")), (k, ext)
+    index = (root / "index.html").read_text()
+    for f in [*(root / "figures").glob("*.png"), *(root / "tables").glob("*.csv")]:
+        assert f.name in index, f.name
+    assert (root / "index.md").exists() and "Stand-in and synthetic data" in index
+
+
+@pytest.mark.notebook
+def test_every_notebook_and_run_leaves_its_executed_copy(reproduced):
+    root = reproduced["root"]
+    names = {p.stem for p in (root / "notebooks").glob("*.ipynb")}
+    assert names == {s.name for s in (*DATA_STEPS, *REPORTS)}
+    runs = [p.parent for p in _completed(root)]
+    assert len(runs) == 26
+    for run in runs:
+        nb = nbformat.read(run / "10_train.ipynb", as_version=4)
+        assert nb.metadata.papermill.parameters["dataset"] == run.parents[1].name
+        assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    leftovers = [p for p in root.rglob("*") if p.name.endswith((".partial.ipynb", ".failed.ipynb", ".tmp"))]
+    assert leftovers == []
+
+
+@pytest.mark.notebook
+def test_a_killed_pipeline_resumes_without_redoing_completed_runs(reproduced):
+    killed = reproduced["killed"]
+    assert len(killed) >= 3
+    assert {p: p.stat().st_mtime_ns for p in killed} == killed
+    steps = {s["step"]: s["status"] for s in json.loads((reproduced["root"] / "pipeline.json").read_text())["steps"]}
+    for p in killed:
+        run = p.parent
+        assert steps[f"10_train:{run.parents[1].name}/{run.parent.name}/{run.name}"] == "skipped"
+
+
+@pytest.mark.notebook
+def test_render_only_verifies_run_cards_and_rechecks_the_ledger(reproduced):
+    root = reproduced["root"]
+    render = json.loads((root / "render.json").read_text())
+    assert render["render_only"] and render["failed"] == [] and {s["kind"] for s in render["steps"]} == {"report"}
+    verification = pd.DataFrame(json.loads((root / "verification.json").read_text()))
+    assert (verification["status"] == "ok").all(), verification[verification["status"] != "ok"]
+    ledger = pd.read_csv(root / "tables" / "ledger_comparison.csv", keep_default_na=False)
+    known = ledger[(ledger["paper"] != "–") & (ledger["ours"] != "not run")]
+    assert len(known) >= 3 and (known["difference"] == "stand-in: not comparable").all()
+    table2 = pd.read_csv(root / "tables" / "table2_food101.csv", keep_default_na=False).set_index("Method")
+    assert table2.loc["CGGM", "Acc ours"].endswith("(stand-in)") and table2.loc["CGGM", "Acc paper"] == "92.94"
+    for cards in table2["run cards"]:
+        for card in filter(None, cards.split("; ")):
+            assert (root / card).is_file()
+    memory = pd.read_csv(root / "tables" / "table8_memory.csv", keep_default_na=False)
+    assert (memory["extra peak (MB)"] == "not measured on CPU").all() and (memory["classifier parameters"] > 0).all()
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("parameters, message", [
+    ({"strategy": "nope"}, "unknown strategy 'nope'"),
+    ({"dataset": "nope"}, "unknown dataset 'nope'"),
+    ({"strategy_kwargs": {"rho": -1.0}}, "rho"),
+])
+def test_bad_worker_parameters_stop_with_a_config_error(tmp_path, parameters, message):
+    out = tmp_path / "run" / "10_train.ipynb"
+    with pytest.raises(ConfigError, match=message) as err:
+        jobs.execute(ROOT / "notebooks" / "10_train.ipynb", out, parameters | {"out_dir": str(tmp_path / "run"), "threads": 1},
+                     cwd=tmp_path)
+    assert "failed: ConfigError" in str(err.value)
+    assert not out.exists() and (tmp_path / "run" / "10_train.failed.ipynb").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
