@@ -144,3 +144,29 @@ def test_prepared_gpu_script_runs_its_sections_on_cpu(tmp_path):
     assert {"strategies", "strategies_bf16", "amp_train"} <= suites and "failed" not in suites
     assert all(r["finite"] for r in rows if r["suite"] == "amp_train")
     assert (tmp_path / "gpu_check.md").exists()
+
+
+def test_cuda_batches_are_pinned_ahead_in_order_and_errors_reach_the_loop(monkeypatch):
+    """cggmlib/device.py's CUDA path, with pinning and the copy replaced (no GPU here)."""
+    from cggmlib.data.base import Batch
+    from cggmlib.device import device_batches
+
+    pinned = []
+    monkeypatch.setattr(Batch, "pin_memory", lambda self: pinned.append(int(self.target[0])) or self)
+    monkeypatch.setattr(Batch, "to", lambda self, device, non_blocking=False: self)
+    loader = cg.data.TensorLoader({"a": torch.arange(10.0)[:, None]}, torch.arange(10), batch_size=3)
+    cuda = torch.device("cuda")
+    assert [int(b.target[0]) for b in device_batches(loader, cuda)] == [0, 3, 6, 9] == pinned
+
+    def broken():
+        yield next(iter(loader))
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(device_batches(broken(), cuda))
+    import threading
+
+    before = threading.active_count()
+    for _ in device_batches(loader, cuda):  # leaving early stops the producer thread
+        break
+    assert threading.active_count() == before
