@@ -58,6 +58,10 @@ def write_index(results, profile, summary: dict, verification: pd.DataFrame) -> 
                      + frame.to_html(index=False, escape=True, border=0))
     parts.append("<h2>Executed notebooks</h2><ul>" + "".join(
         f"<li><a href='{nb.relative_to(root)}'>{html.escape(nb.name)}</a></li>" for nb in notebooks) + "</ul>")
+    led = summary.get("ledger") or {}
+    parts.append(f"<h2>Ledger</h2><p>{html.escape(str(led.get('path', '')))}: {led.get('known_cells', 0)} known paper "
+                 f"cells, {len(led.get('problems', []))} problem(s) in the file, {led.get('flagged')} difference(s) "
+                 "beyond tolerance in the last comparison (stand-in results are never compared).</p>")
     parts.append(f"<h2>Run cards</h2><p>{counts.get('ok', 0)} verified, {counts.get('problem', 0)} with problems, "
                  f"{counts.get('missing', 0)} not run (details: <a href='verification.json'>verification.json</a>); "
                  "each run folder holds config.json, metrics.json, trace.jsonl, run_card.json and its executed "

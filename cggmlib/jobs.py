@@ -238,9 +238,10 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int =
             records += run_steps(ctx, group, jobs if parallel else 1, log)
     verification = verify(results, prof, data_root if data_root.is_dir() else None)
     atomic_write_json(ctx.root / "verification.json", verification.to_dict("records"))
+    ledger_check = check_ledger(ledger, ctx.root)
     summary = {"profile": prof.name, "render_only": render_only, "only": only or [], "jobs": jobs, "threads": threads,
                "cpu_count": os.cpu_count(), "gpus": visible_gpus(), "wall_s": round(time.time() - started, 1),
-               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": records,
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ledger": ledger_check, "steps": records,
                "failed": [r["step"] for r in records if r["status"] == "failed"]}
     atomic_write_json(ctx.root / ("render.json" if render_only else "pipeline.json"), summary)
     write_index(results, prof, summary, verification)
@@ -248,6 +249,20 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int =
     problems = int((verification["status"] == "problem").sum())
     log(f"done in {summary['wall_s']:.0f}s: {counts}; run cards with problems: {problems}; index: {ctx.root / 'index.html'}")
     return summary
+
+
+def check_ledger(path: str, root: Path) -> dict:
+    """The ledger's own check (a source for every number, numbers only) and the flags of the last comparison."""
+    import pandas as pd
+
+    from .ledger import check, default_path
+
+    path = Path(path) if path else default_path()
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    comparison = root / "tables" / "ledger_comparison.csv"
+    flagged = pd.read_csv(comparison, dtype=str, keep_default_na=False) if comparison.exists() else None
+    return {"path": str(path), "problems": check(raw, path), "known_cells": int((raw["value"] != "").sum()),
+            "flagged": None if flagged is None else int((flagged["flag"] != "").sum())}
 
 
 def read_summary(results, profile: str) -> dict | None:

@@ -96,8 +96,8 @@ PROFILES = {
 }
 #: the smallest grid that still writes every figure and table: the test suite's end-to-end run
 PROFILES["ci"] = dataclasses.replace(PROFILES["smoke"], name="ci", unimodal=("iemocap",), mfeat_methods=("joint", "cggm", "ogm"),
-                                     mfeat_views=("fou", "mor"), audit_datasets=("synthetic",), rho_grid=(0.8,),
-                                     lam_grid=(0.05,), gradient_batches=4,
+                                     mfeat_views=("fou", "mor"), audit_datasets=("synthetic",), rho_grid=(1.3,),
+                                     lam_grid=(0.2,), gradient_batches=4,  # sweeps = the main CGGM run
                                      standin_size={"iemocap": {"utterances": 120, "long_audio": 1},
                                                    "mosi": {"train": 120, "valid": 30, "test": 50, "noalign": False},
                                                    "food101": {"train": 120, "test": 40}},

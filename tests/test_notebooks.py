@@ -59,6 +59,7 @@ import time  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cggmlib import jobs  # noqa: E402
+from cggmlib import pipeline  # noqa: E402
 from cggmlib.pipeline import DATA_STEPS, REPORTS  # noqa: E402
 from cggmlib.errors import ConfigError  # noqa: E402
 
@@ -83,7 +84,7 @@ def reproduced(tmp_path_factory):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     killed = {p: p.stat().st_mtime_ns for p in _completed(root)}
-    for args, name in ((["--jobs", "2"], "rerun"), (["--render-only"], "render")):
+    for args, name in ((["--jobs", "2"], "rerun"), (["--render-only", "--jobs", "2"], "render")):
         done = subprocess.run(cmd + args, env=ENV, cwd=base, capture_output=True, text=True, timeout=1200)
         (base / f"{name}.log").write_text(done.stdout + done.stderr)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -112,7 +113,7 @@ def test_every_notebook_and_run_leaves_its_executed_copy(reproduced):
     names = {p.stem for p in (root / "notebooks").glob("*.ipynb")}
     assert names == {s.name for s in (*DATA_STEPS, *REPORTS)}
     runs = [p.parent for p in _completed(root)]
-    assert len(runs) == 26
+    assert len(runs) == len(pipeline.grid(pipeline.get_profile("ci")))
     for run in runs:
         nb = nbformat.read(run / "10_train.ipynb", as_version=4)
         assert nb.metadata.papermill.parameters["dataset"] == run.parents[1].name
@@ -137,6 +138,7 @@ def test_render_only_verifies_run_cards_and_rechecks_the_ledger(reproduced):
     root = reproduced["root"]
     render = json.loads((root / "render.json").read_text())
     assert render["render_only"] and render["failed"] == [] and {s["kind"] for s in render["steps"]} == {"report"}
+    assert render["ledger"]["problems"] == [] and render["ledger"]["known_cells"] == 17 and render["ledger"]["flagged"] == 0
     verification = pd.DataFrame(json.loads((root / "verification.json").read_text()))
     assert (verification["status"] == "ok").all(), verification[verification["status"] != "ok"]
     ledger = pd.read_csv(root / "tables" / "ledger_comparison.csv", keep_default_na=False)

@@ -62,9 +62,10 @@ def test_plan_order_only_and_render_only():
     assert kinds == sorted(kinds, key=["data", "worker", "report"].index)
     only = pipeline.plan(ci, ["table6"])
     assert [s.name for s in only if s.kind != "worker"] == ["01_data_iemocap", "40_ablations"]
-    # 40_ablations also draws Figure 5: the ρ and λ sweeps come along
+    # 40_ablations also draws Figure 5, whose ci sweep is the main CGGM run (ρ 1.3, λ 0.2)
     assert {s.spec.label for s in only if s.kind == "worker"} == {"joint", "cggm", "cggm.magnitude", "cggm.direction",
-                                                                 "cggm.both", "cggm.rho0.8", "cggm.lam0.05"}
+                                                                 "cggm.both"}
+    assert pipeline.sweep_labels(ci) == {"rho": {1.3: ("iemocap", "cggm")}, "lam": {0.2: ("iemocap", "cggm")}}
     assert [s.name for s in pipeline.plan(ci, ["30"])][-1] == "30_dynamics"
     assert all(s.kind == "report" for s in pipeline.plan(ci, render_only=True))
     assert [s.name for s in pipeline.plan(ci, ["01_data_mosi"])] == ["01_data_mosi"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--profile", default="smoke", help="smoke (CPU, stand-ins) | paper (GPU, real data) | colab")
+    p.add_argument("--profile", default="smoke", help="smoke (CPU, stand-ins) | paper (GPU, real data) | colab (paper "
+                   "settings, results on Google Drive) | ci (the test suite's smallest smoke grid)")
     p.add_argument("--data-root", default=None, help="folder holding <dataset>/ (smoke default: "
                    "results/smoke/data, where stand-ins are written; paper: ./data)")
     p.add_argument("--results", default=None, help="results root (default ./results; colab: a Google Drive folder)")
@@ -21,7 +22,8 @@ def add_arguments(p) -> None:
                    help="notebooks (30_dynamics, 30, dynamics), paper items (fig5, table6), groups (audit, mfeat), "
                         "'data' or 'train'; the runs they need come along")
     p.add_argument("--jobs", type=int, default=1, help="parallel notebook processes (one per GPU where there are several)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per job (default: cores / jobs)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per job (default: 1 for smoke and ci, "
+                   "else cores / jobs)")
     p.add_argument("--render-only", action="store_true",
                    help="reviewer mode: rebuild figures and tables from existing runs, verify run cards, re-check the ledger")
     p.add_argument("--ledger", default="", help="your copy of cggmlib/paper_numbers.csv with cells filled in")
