@@ -48,8 +48,9 @@ def test_quickstart_runs_and_writes_runs_and_figures(tmp_path):
 
 # --- cggm reproduce end to end (profile `ci`: the smoke profile's smallest grid) --------------------------
 # One session-scoped fixture runs the pipeline three times into a temporary results folder: a run killed
-# with SIGKILL once three runs are complete, the rerun that finishes it (two parallel jobs), and reviewer
-# mode (--render-only). About four minutes on two cores; every test below asserts on the files written.
+# with SIGKILL once three runs are complete, the rerun that finishes its data and training steps (two
+# parallel jobs), and reviewer mode (--render-only: every report, run-card verification, the ledger).
+# Four to six minutes on two cores; every test below asserts on the files written.
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -84,7 +85,9 @@ def reproduced(tmp_path_factory):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     killed = {p: p.stat().st_mtime_ns for p in _completed(root)}
-    for args, name in ((["--jobs", "2"], "rerun"), (["--render-only", "--jobs", "2"], "render")):
+    # the rerun trains what is left; the reports then run once, in reviewer mode (the same report steps a
+    # full `cggm reproduce` ends with), which also verifies every run card
+    for args, name in ((["--jobs", "2", "--only", "data", "train"], "rerun"), (["--render-only", "--jobs", "2"], "render")):
         done = subprocess.run(cmd + args, env=ENV, cwd=base, capture_output=True, text=True, timeout=1200)
         (base / f"{name}.log").write_text(done.stdout + done.stderr)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
