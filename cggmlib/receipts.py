@@ -188,7 +188,7 @@ def verify(results, profile, data_root=None) -> pd.DataFrame:
     recomputed and compared (files absent there are reported as not re-checked).
     """
     from .pipeline import grid
-    from .reports import stored_key
+    from .reports import _read_json, stored_key
 
     rows = []
     for spec in grid(profile):
@@ -197,7 +197,7 @@ def verify(results, profile, data_root=None) -> pd.DataFrame:
         if not (d / "metrics.json").exists():
             rows.append({"run": f"{spec.dataset}/{spec.label}/seed{spec.seed}", "status": "missing", "problems": ""})
             continue
-        card = _json(d / "run_card.json")
+        card = _read_json(d / "run_card.json")
         key = stored_key(d)
         if card is None:
             problems.append("run_card.json missing")
@@ -234,13 +234,6 @@ def _recheck(recorded: dict, dataset: str, data_root) -> list[str]:
     now = checksums(common, root=root) if common else {}
     changed = [k for k, v in now.items() if recorded.get(k) != v]
     return [f"data file changed since the run: {k}" for k in changed[:5]]
-
-
-def _json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 __all__ = ["claim", "data_checksums", "listing_fingerprint", "dataset_files", "finish_run", "load_trained", "train_or_load", "verify"]
