@@ -2,10 +2,10 @@
 `cggm train` take. `cggm reproduce` reuses a completed folder whose configuration matches."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .analysis import evaluate_classifiers
+from .config import Config
 from .data import load_data
 from .errors import ResultsError
 from .models import build_model
@@ -21,7 +21,7 @@ def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool =
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and skip_done and (out / "metrics.json").exists():
         done = load_run(out)
-        if done["config"] == json.loads(json.dumps(cfg.to_dict(), default=str)):
+        if Config.from_dict(done["config"] | {"device": "cpu"}).key() == cfg.key():  # device, data root: free
             return TrainResult(Trace(done["trace"].to_dict("records")), done["metrics"],
                                done["metrics"].get("best_epoch", -1), 0.0)
         raise ResultsError(f"{out} holds a completed run of a different configuration; "

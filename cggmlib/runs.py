@@ -132,6 +132,13 @@ def run_card(cfg, data=None, wall_time_s: float | None = None, extra: dict | Non
             "wall_time_s": wall_time_s, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "standin": bool(getattr(data, "standin", False)),
             "data_files": (getattr(data, "info", {}) or {}).get("checksums", {})}
+    if not card["data_files"] and cfg.dataset != "custom":
+        from .receipts import data_checksums  # every file the loader reads (derived caches excluded)
+
+        try:
+            card["data_files"], card["data_receipt"] = data_checksums(cfg.dataset, cfg.data_root)
+        except OSError as err:
+            card["data_receipt"] = f"checksums not computed: {err}"
     return card | (extra or {})
 
 
