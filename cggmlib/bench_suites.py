@@ -38,14 +38,18 @@ def _row(case_name, size, device, batch_size, strategy, variant, times, joint_ke
          peaks=None, arm="arm") -> dict:
     """One measurement. Times are aligned by repetition (each runner ran once per rotation, adjacent in
     time), so the ratios come from per-repetition pairs, which cancels slow changes of machine load:
-    vs_joint = median_k(arm_k / joint_k); overhead_vs_heads = median_k(arm_k − joint_k) / median(heads)."""
+    vs_joint = median_k(arm_k / joint_k); overhead_vs_heads = median_k(arm_k − joint_k) / median(heads).
+    `overhead_vs_heads_min` uses the fastest step of each runner instead (interference from other
+    processes only adds time), a second estimate for a shared machine."""
     arm_t, joint_t = times[arm], times[joint_key]
     row = {"model": case_name, "size": size, "device": str(device), "threads": torch.get_num_threads(),
            "batch": batch_size, "strategy": strategy, "variant": variant, "step_ms": median_ms(arm_t),
            "joint_ms": median_ms(joint_t), "vs_joint": statistics.median(a / j for a, j in zip(arm_t, joint_t))}
     if heads_key:
         diff = statistics.median(a - j for a, j in zip(arm_t, joint_t))
-        row |= {"heads_ms": median_ms(times[heads_key]), "overhead_vs_heads": diff / statistics.median(times[heads_key])}
+        heads_t = times[heads_key]
+        row |= {"heads_ms": median_ms(heads_t), "overhead_vs_heads": diff / statistics.median(heads_t),
+                "overhead_vs_heads_min": (min(arm_t) - min(joint_t)) / min(heads_t)}
     if peaks:
         row |= {"peak_mb": peaks[arm], "extra_mb": peaks[arm] - peaks[joint_key]}
     return row | {"reps": len(arm_t), "times_ms": {k: [round(1000 * t, 3) for t in v] for k, v in times.items()}}
