@@ -222,6 +222,8 @@ def peak_mb(runner, device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
+    if getattr(getattr(runner, "strategy", None), "_overlap", None) is not None:
+        return float("nan")  # the profiler sees the calling thread only, not CGGM's worker thread
     live = _live_bytes(runner)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         runner.step()
