@@ -10,6 +10,7 @@ from .data import load_data
 from .errors import ResultsError
 from .models import build_model
 from .modulation import make_strategy
+from .distributed import is_main_process
 from .runs import ensure_writable, load_run, save_run, seed_everything
 from .train import TrainResult, train
 from .trace import Trace
@@ -36,6 +37,6 @@ def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool =
     if getattr(strategy, "classifiers", None) is not None:
         # what each encoder can do alone: f_m on frozen encoder m, held-out test split (paper Table 5)
         result.metrics["classifiers"] = evaluate_classifiers(model, strategy, data.test, data.task)
-    if out is not None:
+    if out is not None and is_main_process():  # under torchrun only rank 0 writes the run folder
         save_run(out, cfg, result, data)
     return result

@@ -24,7 +24,8 @@ class Trace:
 
     def log(self, **scalars) -> None:
         """Append one row; tensors are detached and converted later, in a batch."""
-        row = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in scalars.items() if v is not None}
+        row = {k: (v.detach() if torch.is_tensor(v) and v.requires_grad else v) for k, v in scalars.items()
+               if v is not None}
         self._pending.append(row)
         if len(self._pending) >= self.flush_every:
             self.flush()

@@ -79,6 +79,7 @@ def strategy_options(strategy: str, extra: list[str]) -> dict:
 
 def run(args) -> int:
     import cggmlib as cg
+    from cggmlib.distributed import is_main_process
 
     cfg = cg.Config(dataset=args.dataset, strategy=args.strategy, seed=args.seed, epochs=args.epochs,
                     preset=args.preset, data_root=args.data_root, batch_size=args.batch_size, lr=args.lr,
@@ -89,5 +90,6 @@ def run(args) -> int:
     out = Path(args.out) if args.out else cg.runs.run_dir("results", cfg.preset, cfg)
     result = cg.run_experiment(cfg, out_dir=out, resume=args.resume, progress=not args.quiet)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    print(json.dumps({"out": str(out), **shown}, indent=1))
+    if is_main_process():
+        print(json.dumps({"out": str(out), **shown}, indent=1))
     return 0
