@@ -139,7 +139,7 @@ def test_paper_direction_term_is_same_step_and_differentiable_through_the_fused_
     grads = torch.autograd.grad(l_gm, list(params.values()), allow_unused=True, retain_graph=True)
     touched = {n.split(".")[0] for n, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
     assert "encoders" in touched and "fusion" in touched  # through ∇_{W_F} L_task (double backward)
-    assert float(total) == pytest.approx(float(data.task.loss(out.logits, batch.target) + 0.5 * l_gm), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(float(data.task.loss(out.logits, batch.target) + 0.5 * l_gm.detach()), rel=1e-5)
 
 
 def test_warmup_epochs_modulate_nothing():
