@@ -123,6 +123,8 @@ class Context:
                              "checkpoint_every": self.profile.checkpoint_every, "artifacts": sorted(s.artifacts),
                              "gradient_batches": self.profile.gradient_batches,
                              "cache_dir": str(self.root / "datasets")}
+        if step.kind == "explainer":
+            return common | {"out_dir": str(self.root / "quickstart"), "figures_dir": str(self.root / "figures")}
         return common | {"profile": self.profile.name, "results": str(self.results), "ledger_path": self.ledger}
 
 
@@ -136,6 +138,8 @@ def run_step(ctx: Context, step: Step) -> dict:
                 return record | {"status": "skipped"}
             prepare_run_dir(ctx, step, status)
         if step.kind == "data" and data_prepared(ctx, step):
+            return record | {"status": "skipped"}
+        if step.kind == "explainer" and ctx.output(step).exists() and (ctx.root / "quickstart/cggm/metrics.json").exists():
             return record | {"status": "skipped"}
         record["seconds"] = round(execute(ctx.notebooks / step.notebook, ctx.output(step), ctx.parameters(step),
                                           cwd=ctx.results.parent, env=KERNEL_ENV | {"OMP_NUM_THREADS": ctx.threads}), 2)
@@ -232,7 +236,7 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int =
         f"data {data_root}; jobs {jobs} x {threads} threads{'; render only' if render_only else ''}")
     records = []
     for kind, parallel in (("data", False), ("worker", True), ("report", True)):
-        group = [s for s in steps if s.kind == kind]
+        group = [s for s in steps if s.kind == kind or (kind == "report" and s.kind == "explainer")]
         if group:
             log(f"{kind} steps ({len(group)}):")
             records += run_steps(ctx, group, jobs if parallel else 1, log)

@@ -77,6 +77,8 @@ class Profile:
     threads: int | None = None
     """CPU threads per job (None: cores / jobs); tiny CPU models run fastest on one thread per job"""
     description: str = ""
+    explainers: bool = True
+    """also run the explainer notebooks (00_quickstart), which train their own toy example"""
 
     def epochs_for(self, dataset: str) -> int | None:
         return self.epochs.get(dataset)
@@ -103,6 +105,7 @@ PROFILES["ci"] = dataclasses.replace(PROFILES["smoke"], name="ci", unimodal=("ie
                                                    "food101": {"train": 120, "test": 40}},
                                      epochs={"synthetic": 2, "mfeat": 2, "mosi": 1, "iemocap": 1, "food101": 1,
                                              "brats2021": 1},
+                                     explainers=False,  # the quickstart has its own test
                                      description="the smoke profile's smallest grid (the test suite's end-to-end run)")
 PROFILES["colab"] = dataclasses.replace(PROFILES["paper"], name="colab", data_root=f"{DRIVE}/data",
                                         results=f"{DRIVE}/results", checkpoint_every=200,
@@ -223,7 +226,7 @@ class Step:
     name: str
     notebook: str
     kind: str
-    """data | worker | report"""
+    """data | worker | report | explainer (a notebook that trains its own small example)"""
     groups: tuple = ()
     outputs: tuple = ()
     """paper items it writes: fig2 … fig7, table1 … table8"""
@@ -245,6 +248,10 @@ REPORTS = (
 )
 
 
+#: trains its own toy example (seconds): run with the reports, never in render-only mode
+EXPLAINERS = (Step("00_quickstart", "00_quickstart.ipynb", "explainer", ("quickstart",)),)
+
+
 def worker_step(spec: RunSpec) -> Step:
     return Step(f"10_train:{spec.dataset}/{spec.label}/seed{spec.seed}", "10_train.ipynb", "worker",
                 tuple(sorted(spec.groups)), dataset=spec.dataset, spec=spec)
@@ -264,15 +271,16 @@ def plan(profile: Profile, only: list[str] | None = None, render_only: bool = Fa
     data = [d for d in DATA_STEPS if (not only and d.dataset in {s.dataset for s in specs})
             or (only and (any(_matches(d, t) for t in only) or d.dataset in {s.dataset for s in workers}))]
     if only:
-        known = [t for t in only if t == "train" or any(_matches(s, t) for s in (*REPORTS, *DATA_STEPS))]
+        known = [t for t in only if t == "train" or any(_matches(s, t) for s in (*REPORTS, *DATA_STEPS, *EXPLAINERS))]
         unknown = sorted(set(only) - set(known))
         if unknown:
-            names = [s.name for s in (*DATA_STEPS, *REPORTS)]
+            names = [s.name for s in (*EXPLAINERS, *DATA_STEPS, *REPORTS)]
             raise ConfigError(f"--only: nothing matches {unknown}; use notebook names {names}, paper items "
                               "fig2..fig7 / table1..table8, groups (main, audit, mfeat, ...) or 'train'")
+    explainers = [e for e in EXPLAINERS if (profile.explainers and not only) or any(_matches(e, t) for t in only or ())]
     if render_only:
         return reports
-    return [*data, *(worker_step(s) for s in workers), *reports]
+    return [*data, *(worker_step(s) for s in workers), *explainers, *reports]
 
 
 def _matches(step: Step, token: str) -> bool:
@@ -302,5 +310,5 @@ def sweep_labels(profile: Profile, dataset: str = "iemocap") -> dict:
     return out
 
 
-__all__ = ["ARTIFACTS", "COMPARED", "MODALITIES", "PAPER_DATASETS", "PROFILES", "Profile", "REPORTS", "RunSpec",
+__all__ = ["ARTIFACTS", "COMPARED", "EXPLAINERS", "MODALITIES", "PAPER_DATASETS", "PROFILES", "Profile", "REPORTS", "RunSpec",
            "Step", "find", "get_profile", "grid", "not_applicable", "plan", "sweep_labels"]
