@@ -449,8 +449,7 @@ def brats_root(tmp_path_factory):
 
 @pytest.mark.parametrize("name", MINE)
 def test_one_epoch_on_the_brats_standin(brats_root, name):
-    if "brats2021" not in cg.MODELS:
-        pytest.skip("no BraTS model registered yet")
+    assert "brats2021" in cg.MODELS
     result = cg.run_experiment(cg.Config(dataset="brats2021", strategy=name, strategy_kwargs=KWARGS.get(name, {}),
                                          epochs=1, data_root=str(brats_root), device="cpu"), progress=False)
     steps = result.trace.steps()

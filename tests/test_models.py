@@ -228,8 +228,7 @@ def standin_root(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["mosi", "iemocap", "food101", "brats2021"])
 def test_one_epoch_joint_and_cggm_on_the_standin(name, standin_root):
-    if not _standin_ready(name):
-        pytest.skip(f"the {name} stand-in writer or loader is not installed yet")
+    assert _standin_ready(name), f"the {name} stand-in writer or loader is missing"
     from cggmlib.data.standins import write_standin
 
     size, options = STANDIN_SIZE[name]
