@@ -17,7 +17,8 @@ from .models import MODELS, MultimodalModel, Output, build_model
 from .modulation import CGGM, STRATEGIES, Strategy, make_strategy
 from .runs import load_run, save_run, seed_everything
 from .trace import Trace
-from .train import TrainResult, evaluate, train
+from .protocol import evaluate
+from .train import TrainResult, train
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,8 @@ their optimizer, previous metrics, the pending L_gm), RNG states, the trace so f
 """
 from __future__ import annotations
 
+import copy
+
 import random
 from pathlib import Path
 
@@ -80,6 +82,12 @@ class Checkpointer:
     def load_best(self) -> dict:
         return {"model": torch.load(self.best_path, map_location="cpu", weights_only=True),
                 "strategy": torch.load(self.best_strategy_path, map_location="cpu", weights_only=False)}
+
+
+def snapshot(model, strategy) -> dict:
+    """A CPU copy of the model's *and* the strategy's state (its own heads, e.g. unimodal, QMF): the best epoch."""
+    return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "strategy": copy.deepcopy(strategy.state_dict())}
 
 
 def _to_device(obj, device):

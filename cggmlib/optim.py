@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.nn.utils import get_total_norm
 
 from .distributed import Distributed
 from .finite import FiniteCheck, lazy_on
@@ -106,3 +107,16 @@ def amp_setup(amp: str, device: torch.device):
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def encoder_grad_norms(encoder_params, prefix: str) -> dict[str, torch.Tensor]:
+    """‖∇θ^{φ_m} L‖₂ of every encoder, as device tensors (no host sync).
+
+    `encoder_params`: {m: parameters of encoder m} (a model with `encoders` is accepted too)."""
+    if hasattr(encoder_params, "encoders"):
+        encoder_params = {m: list(enc.parameters()) for m, enc in encoder_params.encoders.items()}
+    out = {}
+    for m, params in encoder_params.items():
+        grads = [p.grad for p in params if p.grad is not None]
+        out[f"{prefix}/{m}"] = get_total_norm(grads) if grads else torch.zeros(())
+    return out

@@ -3,14 +3,32 @@ clearly labelled, the number the official code would have printed."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
+import torch
+
+from .trace import Trace
 
 #: dataset -> (split, metric) whose best value over epochs the official scripts print (reference D5):
 #: best validation Acc-2 (MOSI), accuracy (IEMOCAP), Dice (BraTS, intended; the script prints 0),
 #: and for Food101 the best *test* accuracy (its "valid" loader is the test split).
 OFFICIAL_NUMBER = {"mosi": ("val", "acc2"), "iemocap": ("val", "acc"), "food101": ("test", "acc"),
                    "brats2021": ("val", "dice_mean")}
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the trace, the reported metrics (test at the validation-selected epoch)."""
+
+    trace: Trace
+    metrics: dict
+    best_epoch: int
+    wall_time_s: float
+    model: object = None
+    """the trained model (best epoch's weights), when trained in this process"""
+    strategy: object = None
+    data: object = None
 
 
 def summarize(epochs: pd.DataFrame, data, best_epoch: int) -> dict:
@@ -35,6 +53,30 @@ def summarize(epochs: pd.DataFrame, data, best_epoch: int) -> dict:
                            "what": f"best {split} {metric} over {len(rows)} epochs, as the official script "
                                    "prints it (selection on that same split); not our reported number"}
     return out
+
+
+@torch.no_grad()
+def evaluate(model, loader, task, device=None, strategy=None) -> dict[str, float]:
+    """The task's metrics and mean loss of the fused prediction over `loader`."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    meter, total, n = task.new_meter(), 0.0, 0
+    for batch in loader:
+        batch = batch.to(device)
+        pred = strategy.predict(model, batch.inputs) if strategy is not None else model(batch.inputs).logits
+        total = total + task.loss(pred.float(), batch.target) * len(batch)
+        n += len(batch)
+        meter.update(pred, batch.target, batch.meta)
+    model.train(was_training)
+    return meter.compute() | {"loss": float(total) / max(n, 1)}
+
+
+def improved(value, best, higher_is_better: bool) -> bool:
+    """Whether a validation value beats the best so far (non-finite values never do)."""
+    if value is None or not math.isfinite(value):
+        return False
+    return best is None or (value > best if higher_is_better else value < best)
 
 
 def _num(v):

@@ -104,7 +104,7 @@ def train_or_load(cfg, out_dir, progress: bool = True):
     from .reports import stored_key
     from .runs import load_run
     from .trace import Trace
-    from .train import TrainResult
+    from .protocol import TrainResult
 
     claim(out_dir)
     out = Path(out_dir)
@@ -157,7 +157,7 @@ def load_trained(run_dir, device: str = "auto", data_root=None):
     from .modulation import make_strategy
     from .runs import load_run, seed_everything
     from .trace import Trace
-    from .train import TrainResult
+    from .protocol import TrainResult
 
     d = Path(run_dir)
     done = load_run(d)

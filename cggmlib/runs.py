@@ -171,3 +171,10 @@ def load_run(run_dir) -> dict:
 def run_dir(results: str | Path, profile: str, cfg) -> Path:
     """results/<profile>/<dataset>/<strategy>/seed<k>/ (the layout every report reads)."""
     return Path(results) / profile / cfg.dataset / cfg.strategy / f"seed{cfg.seed}"
+
+
+def progress_bar(iterable, enabled: bool, initial: int = 0):
+    """One bar over epochs: a widget in JupyterLab, a few lines in papermill logs, nothing if disabled."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc="epochs", disable=not enabled, initial=initial, mininterval=2.0, leave=True)

@@ -1,5 +1,5 @@
-"""The one training loop, `train()`, its step `train_step()`, and `evaluate()`. Every method plugs in
-as a Strategy.
+"""The one training loop, `train()`, and its step `train_step()`. Every method plugs in as a Strategy;
+`evaluate()` and the epoch selection live in cggmlib/protocol.py.
 
 Order of one step (as zrguo/CGGM:src/msatrain.py): forward → loss → backward → (unscale) →
 strategy.after_backward (gradient modulation) → (average over ranks) → clip → optimizer.step.
@@ -9,35 +9,17 @@ tensors until the trace moves them in batches, and the non-finite check follows 
 """
 from __future__ import annotations
 
-import copy
-import math
 import time
-from dataclasses import dataclass
 
-import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from . import distributed
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, snapshot
 from .device import device_batches
-from .optim import StepTools, build_scheduler, step_tools
-from .protocol import summarize
-from .runs import seed_everything
+from .optim import StepTools, build_scheduler, encoder_grad_norms, step_tools
+from .protocol import TrainResult, evaluate, improved, summarize
+from .runs import progress_bar, seed_everything
 from .trace import Trace
-
-
-@dataclass
-class TrainResult:
-    """What `train` returns: the trace, the reported metrics (test at the validation-selected epoch)."""
-
-    trace: Trace
-    metrics: dict
-    best_epoch: int
-    wall_time_s: float
-    model: object = None
-    """the trained model (best epoch's weights), when trained in this process"""
-    strategy: object = None
-    data: object = None
 
 
 def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, progress: bool = True,
@@ -70,7 +52,7 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
             ckpt.save(model, tools.optimizer, scheduler, tools.scaler, strategy, loop, trace)
 
     best = ckpt.load_best() if resume and ckpt and ckpt.best_path.exists() else None
-    bar = _progress(range(cfg.epochs), progress and world.is_main, initial=loop["epoch"])
+    bar = progress_bar(range(cfg.epochs), progress and world.is_main, initial=loop["epoch"])
     for epoch in range(loop["epoch"], cfg.epochs):
         loop["epoch"] = epoch
         getattr(data.train, "set_epoch", lambda e: None)(epoch)
@@ -97,11 +79,9 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
         trace.log(epoch=epoch, **{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()})
         if when == "epoch":
             scheduler.step(val["loss"])
-        if _improved(val[data.task.select], loop["best_value"], data.task.higher_is_better):
+        if improved(val[data.task.select], loop["best_value"], data.task.higher_is_better):
             loop["best_epoch"], loop["best_value"] = epoch, val[data.task.select]
-            # the selected epoch's model *and* strategy state (its own heads, e.g. unimodal, QMF)
-            best = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "strategy": copy.deepcopy(strategy.state_dict())}
+            best = snapshot(model, strategy)
             if ckpt and world.is_main:
                 ckpt.save_best(best)
         loop["epoch"], loop["batch"] = epoch + 1, 0
@@ -140,46 +120,3 @@ def train_step(model, strategy, batch, epoch: int, tools: StepTools, step: int =
     if tools.scaler:
         tools.scaler.update()
     return row
-
-
-@torch.no_grad()
-def evaluate(model, loader, task, device=None, strategy=None) -> dict[str, float]:
-    """The task's metrics and mean loss of the fused prediction over `loader`."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    meter, total, n = task.new_meter(), 0.0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        pred = strategy.predict(model, batch.inputs) if strategy is not None else model(batch.inputs).logits
-        total = total + task.loss(pred.float(), batch.target) * len(batch)
-        n += len(batch)
-        meter.update(pred, batch.target, batch.meta)
-    model.train(was_training)
-    return meter.compute() | {"loss": float(total) / max(n, 1)}
-
-
-def encoder_grad_norms(encoder_params, prefix: str) -> dict[str, torch.Tensor]:
-    """‖∇θ^{φ_m} L‖₂ of every encoder, as device tensors (no host sync).
-
-    `encoder_params`: {m: parameters of encoder m} (a model with `encoders` is accepted too)."""
-    if hasattr(encoder_params, "encoders"):
-        encoder_params = {m: list(enc.parameters()) for m, enc in encoder_params.encoders.items()}
-    out = {}
-    for m, params in encoder_params.items():
-        grads = [p.grad for p in params if p.grad is not None]
-        out[f"{prefix}/{m}"] = get_total_norm(grads) if grads else torch.zeros(())
-    return out
-
-
-def _improved(value, best, higher_is_better: bool) -> bool:
-    if value is None or not math.isfinite(value):
-        return False
-    return best is None or (value > best if higher_is_better else value < best)
-
-
-def _progress(iterable, enabled: bool, initial: int = 0):
-    """One bar over epochs: a widget in JupyterLab, a few lines in papermill logs, nothing if disabled."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc="epochs", disable=not enabled, initial=initial, mininterval=2.0, leave=True)
