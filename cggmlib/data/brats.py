@@ -99,7 +99,9 @@ def load(path, *, batch_size: int = 64, seed: int = 0, eval_protocol: str = "off
             raise DataError(f"BraTS 2021: the {name} split is empty: the committed split rule assigns none of the "
                             f"{len(cases)} cases found to it", path=root, field=name,
                             expected=f"enough cases for every split (the rule sends about "
-                                     f"{manifest['fractions'][name]:.0%} of cases to {name})", card=CARD)
+                                     f"{manifest['fractions'][name]:.0%} of cases to {name}), or your own split: "
+                                     f"split_file=PATH (--data-opt split_file=PATH) in the format of "
+                                     f"cggmlib/data/brats_split.json, e.g. with 'overrides'", card=CARD)
     cache = (Path(cache_dir) if cache_dir else root / "cache") / C.spec_key()
     metas = {m["case"]: m for m in C.prepare(cases, cache, workers=num_workers)}
     resolved = {"rule": {k: manifest[k] for k in ("rule", "seed", "fractions", "version")}, **split}
@@ -154,7 +156,9 @@ def check(path, deep: int = 1) -> DoctorReport:
     split = resolve_split([c.name for c in cases], split_manifest())
     report.add("split (committed rule)", ", ".join(f"{s} {len(split[s])}" for s in SPLITS),
                all(split.values()), None if all(split.values()) else
-               f"a split is empty with these {len(cases)} cases; see {CARD}")
+               f"a split is empty with these {len(cases)} cases: the committed rule sends about 70/10/20% of "
+               f"cases to train/val/test, so add cases (about 20 or more) or pass a split_file in the format of "
+               f"cggmlib/data/brats_split.json (load_data(..., split_file=P), or --data-opt split_file=P); see {CARD}")
     for c in complete[:deep]:
         try:
             C.read_case(c)
