@@ -17,8 +17,8 @@ from .models import MODELS, MultimodalModel, Output, build_model
 from .modulation import CGGM, STRATEGIES, Strategy, make_strategy
 from .runs import load_run, save_run, seed_everything
 from .trace import Trace
-from .protocol import evaluate
-from .train import TrainResult, train
+from .protocol import TrainResult, evaluate
+from .train import train
 
 __version__ = "0.1.0"
 

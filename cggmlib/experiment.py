@@ -12,7 +12,8 @@ from .models import build_model
 from .modulation import make_strategy
 from .distributed import is_main_process
 from .runs import ensure_writable, load_run, save_run, seed_everything
-from .train import TrainResult, train
+from .protocol import TrainResult
+from .train import train
 from .trace import Trace
 
 
