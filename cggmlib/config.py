@@ -18,6 +18,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "cosine")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 NONFINITE = ("raise", "skip")
+LR_WARMUPS = ("linspace", "exclusive")  # cggmlib.optim.CosineWarmup
 #: dataset name for your own data: cg.train(model, strategy, my_data, Config(dataset="custom", ...))
 CUSTOM = "custom"
 CUSTOM_TRAIN = dict(batch_size=64, epochs=10, optimizer="adam", lr=1e-3, weight_decay=0.0, grad_clip=0.8,
@@ -52,6 +53,8 @@ class Config:
     """none | plateau (ReduceLROnPlateau on val loss, x0.1, patience 10) | cosine (per step, warm-up)"""
     warmup_epochs: int | None = None
     """linear learning-rate warm-up of the cosine schedule (BraTS); not a CGGM warm-up"""
+    lr_warmup: str = "linspace"
+    """how that warm-up ends: linspace (released: base rate at the last warm-up step) | exclusive (one step later)"""
     seed: int = 0
     device: str = "auto"
     """auto (CUDA when present) | cpu | cuda | cuda:N"""
@@ -105,6 +108,7 @@ class Config:
         need(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         need(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
              f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        need(self.lr_warmup in LR_WARMUPS, f"lr_warmup must be one of {LR_WARMUPS}, got {self.lr_warmup!r}")
         need(isinstance(self.seed, int) and not isinstance(self.seed, bool), f"seed must be an integer, got {self.seed!r}")
         need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         need(self.nonfinite in NONFINITE, f"nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")

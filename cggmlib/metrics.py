@@ -10,9 +10,11 @@ import torch
 # --------------------------------------------------------------------------- classification
 
 
-def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Top-1 accuracy of (B, C) logits against (B,) class indices, as a 0-d tensor on their device."""
-    return (logits.argmax(dim=-1) == target).float().mean()
+def accuracy(logits: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Top-1 accuracy of (B, C) logits against (B,) class indices, as a 0-d tensor on their device.
+
+    `dtype=torch.float64` gives count / B exactly as scikit-learn's `accuracy_score` (float64)."""
+    return (logits.argmax(dim=-1) == target).to(dtype).mean()
 
 
 def f1_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -43,14 +45,14 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[s
 # --------------------------------------------------------------------------- regression (CMU-MOSI)
 
 
-def sign_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def sign_accuracy(pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Binary accuracy of (pred > 0) against (target > 0): the official per-batch MOSI metric ε.
 
     The two classes are positive (> 0) and non-positive (≤ 0): a score of exactly 0 falls on the
     negative side, as zrguo/CGGM:src/eval_metrics.py `train_eval_senti` (MulT's `> 0`). This is not
     the "negative/non-negative" split (≥ 0) of MMSA-style tables (`acc2_nonneg` of regression_metrics).
     """
-    return ((pred.flatten() > 0) == (target.flatten() > 0)).float().mean()
+    return ((pred.flatten() > 0) == (target.flatten() > 0)).to(dtype).mean()
 
 
 def negative_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torch.nn.utils import get_total_norm
 
 from .distributed import Distributed
 from .finite import FiniteCheck, lazy_on
+from .models.base import modality_parameters
 from .modulation.classifiers import make_optimizer
 
 
@@ -45,25 +46,29 @@ def step_tools(cfg, model, strategy, device: torch.device, world: Distributed | 
     finite = FiniteCheck(cfg.nonfinite, lazy_on(device, cfg.nonfinite), scaler is not None)
     return StepTools(build_optimizer(cfg, params), params, autocast, scaler, cfg.grad_clip, finite,
                      world or Distributed(), grad_norms,
-                     {m: list(enc.parameters()) for m, enc in model.encoders.items()})
+                     {m: modality_parameters(model, m) for m in model.encoders})
 
 
 class CosineWarmup:
     """Per-step LR: linear warm-up from 4e-4 over `warmup_epochs`, then cosine from base to base/10.
 
-    As zrguo/CGGM:src/eval_metrics.py `cosine_scheduler` drives BraTS (0.01 → 0.001, 10 warm-up epochs).
+    As zrguo/CGGM@21e428c src/eval_metrics.py:136–148 `cosine_scheduler` drives BraTS (0.01 → 0.001,
+    10 warm-up epochs). `warmup="linspace"` is the released `np.linspace(start, base, W)` over the W
+    warm-up steps: the base rate is reached at the last warm-up step, W − 1. `warmup="exclusive"`
+    (our correction) spaces the ramp over W intervals, so the base rate is first used at step W.
     """
 
     def __init__(self, optimizer, base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: int,
-                 final_lr: float | None = None, warmup_start: float = 4e-4):
+                 final_lr: float | None = None, warmup_start: float = 4e-4, warmup: str = "linspace"):
         self.optimizer, self.base, self.final = optimizer, base_lr, base_lr / 10 if final_lr is None else final_lr
         self.total, self.warm = max(1, epochs * steps_per_epoch), warmup_epochs * steps_per_epoch
         self.start, self.step_count = min(warmup_start, base_lr), 0
+        self.intervals = max(1, self.warm - 1) if warmup == "linspace" else self.warm
         self._apply()
 
     def lr_at(self, step: int) -> float:
         if step < self.warm:
-            return self.start + (self.base - self.start) * step / self.warm
+            return self.start + (self.base - self.start) * step / self.intervals
         progress = (step - self.warm) / max(1, self.total - self.warm)
         return self.final + 0.5 * (self.base - self.final) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -88,7 +93,8 @@ def build_scheduler(cfg, optimizer, steps_per_epoch: int):
     if cfg.scheduler == "plateau":  # official: ReduceLROnPlateau(val loss), factor 0.1, patience `when`=10
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=10), "epoch"
     if cfg.scheduler == "cosine":
-        return CosineWarmup(optimizer, cfg.lr, cfg.epochs, steps_per_epoch, cfg.warmup_epochs), "step"
+        return CosineWarmup(optimizer, cfg.lr, cfg.epochs, steps_per_epoch, cfg.warmup_epochs,
+                            warmup=cfg.lr_warmup), "step"
     return None, None
 
 

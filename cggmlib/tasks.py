@@ -34,9 +34,12 @@ class Classification:
     def per_sample_loss(self, pred, target):
         return F.cross_entropy(pred, target, reduction="none")
 
-    def step_metric(self, pred, target):
+    #: dtype in which the released code computes ε and B (scikit-learn's float64 accuracy)
+    released_dtype = torch.float64
+
+    def step_metric(self, pred, target, dtype=torch.float32):
         """ε in the official code and in the paper: top-1 accuracy of the batch."""
-        return M.accuracy(pred, target)
+        return M.accuracy(pred, target, dtype)
 
     paper_metric = step_metric
 
@@ -63,13 +66,16 @@ class Regression:
     def per_sample_loss(self, pred, target):
         return (pred.flatten() - target.flatten()).abs()
 
-    def step_metric(self, pred, target):
-        """ε in the official code: sign accuracy, (pred > 0) vs (target > 0)."""
-        return M.sign_accuracy(pred, target)
+    #: dtype in which the released code computes ε and B (scikit-learn's float64 accuracy)
+    released_dtype = torch.float64
 
-    def paper_metric(self, pred, target):
+    def step_metric(self, pred, target, dtype=torch.float32):
+        """ε in the official code: sign accuracy, (pred > 0) vs (target > 0)."""
+        return M.sign_accuracy(pred, target, dtype)
+
+    def paper_metric(self, pred, target, dtype=torch.float32):
         """ε in the paper (Sec. 3.3.1): MAE, used as −MAE so that higher is better."""
-        return M.negative_mae(pred, target)
+        return M.negative_mae(pred, target).to(dtype)
 
     def score(self, pred, target):
         """Per-sample closeness to the target, exp(−|error|), in (0, 1]."""
@@ -84,7 +90,10 @@ class Segmentation:
     """Multi-class 2-D segmentation (BraTS: 4 classes with label 4 remapped to 3).
 
     Loss: ce_weight · class-weighted CE + dice_weight · (1 − soft Dice), the soft Dice pooled over the
-    foreground classes and the whole batch (smooth 0.01), as zrguo/CGGM:src/eval_metrics.py SegLoss.
+    foreground classes and the whole batch, as zrguo/CGGM@21e428c src/eval_metrics.py:104–126 `SegLoss`:
+    soft Dice = 2·I / (P + T + s) with s = 0.01, the smoothing constant in the denominator only.
+    `smooth_numerator=True` is our correction, (2·I + s) / (P + T + s), which scores an empty
+    prediction of an empty target 1 instead of 0 (docs/methods.md, "Deviations").
     The official code uses 0.5/0.5; the paper (App. B) writes soft Dice + 1·CE.
     """
 
@@ -93,6 +102,8 @@ class Segmentation:
     ce_weight: float = 0.5
     dice_weight: float = 0.5
     smooth: float = 0.01
+    smooth_numerator: bool = False
+    """add `smooth` to the soft Dice numerator too (our correction); False is the released loss"""
     kind: str = field(default="segmentation", init=False)
     select: str = field(default="dice_mean", init=False)
     higher_is_better: bool = field(default=True, init=False)
@@ -106,15 +117,19 @@ class Segmentation:
         ce = F.cross_entropy(pred, target, weight=weight)
         prob = pred.softmax(1)[:, 1:]
         onehot = F.one_hot(target, self.num_classes).movedim(-1, 1)[:, 1:].to(prob.dtype)
-        dice = (2 * (prob * onehot).sum() + self.smooth) / (prob.sum() + onehot.sum() + self.smooth)
+        numerator = 2 * (prob * onehot).sum() + (self.smooth if self.smooth_numerator else 0.0)
+        dice = numerator / (prob.sum() + onehot.sum() + self.smooth)
         return self.ce_weight * ce + self.dice_weight * (1 - dice)
 
     def per_sample_loss(self, pred, target):
         return F.cross_entropy(pred, target, reduction="none").flatten(1).mean(1)
 
-    def step_metric(self, pred, target):
+    #: dtype in which the released code computes ε and B (its Dice is a float32 tensor)
+    released_dtype = torch.float32
+
+    def step_metric(self, pred, target, dtype=torch.float32):
         """ε in the official code and the paper: mean of Dice(ET), Dice(TC), Dice(WT) of the batch."""
-        return M.mean_dice(pred, target)
+        return M.mean_dice(pred, target).to(dtype)
 
     paper_metric = step_metric
 

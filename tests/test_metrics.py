@@ -116,12 +116,26 @@ def test_seg_meter_per_slice_and_per_volume():
 
 
 def test_segmentation_loss_by_hand():
-    """Uniform logits: CE = log 4 (any class weights); soft Dice = (2·¼·F + s) / (¾·N + F + s)."""
+    """Uniform logits: CE = log 4 (any class weights); the released soft Dice is 2·¼·F / (¾·N + F + s)
+    (zrguo/CGGM@21e428c src/eval_metrics.py:114–116); smooth_numerator=True adds s above too."""
     target = torch.tensor([[[0, 1], [2, 3]], [[0, 0], [0, 1]]])
     n, fg, s = target.numel(), int((target > 0).sum()), 0.01
-    dice = (2 * 0.25 * fg + s) / (0.75 * n + fg + s)
+    released = (2 * 0.25 * fg) / (0.75 * n + fg + s)
     loss = Segmentation().loss(torch.zeros(2, 4, 2, 2), target)
-    assert float(loss) == pytest.approx(0.5 * math.log(4) + 0.5 * (1 - dice), rel=1e-6)
+    assert float(loss) == pytest.approx(0.5 * math.log(4) + 0.5 * (1 - released), rel=1e-6)
+    corrected = (2 * 0.25 * fg + s) / (0.75 * n + fg + s)
+    loss = Segmentation(smooth_numerator=True).loss(torch.zeros(2, 4, 2, 2), target)
+    assert float(loss) == pytest.approx(0.5 * math.log(4) + 0.5 * (1 - corrected), rel=1e-6)
+
+
+def test_empty_target_soft_dice_released_vs_smoothed():
+    """All background, confident background logits: the released Dice is 0 (loss term 1), ours ≈ 1."""
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    logits = torch.zeros(1, 4, 4, 4)
+    logits[:, 0] = 30.0
+    ce_free = dict(ce_weight=0.0, dice_weight=1.0)
+    assert float(Segmentation(**ce_free).loss(logits, target)) == pytest.approx(1.0, abs=1e-6)
+    assert float(Segmentation(smooth_numerator=True, **ce_free).loss(logits, target)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_cggm_step_metric_per_task():

@@ -80,9 +80,9 @@ def test_every_modality_specific_parameter_sits_in_its_encoder(name, preset, kwa
         model.encode(batch.inputs)[m].sum().backward()
         used = {id(p) for p in model.parameters() if p.grad is not None}
         assert used == {id(p) for p in model.encoders[m].parameters()}, m
-    in_encoders = sum(p.numel() for e in model.encoders.values() for p in e.parameters())
+    in_encoders = {id(p): p.numel() for e in model.encoders.values() for p in e.parameters()}  # shared counted once
     fusion = [p for n, p in model.named_parameters() if not n.startswith("encoders.")]
-    assert in_encoders + sum(p.numel() for p in fusion) == sum(p.numel() for p in model.parameters())
+    assert sum(in_encoders.values()) + sum(p.numel() for p in fusion) == sum(p.numel() for p in model.parameters())
     assert any(p is model.out_layer.weight for p in fusion)
 
 
@@ -109,8 +109,9 @@ def test_paper_transformer_sizes_match_the_official_architecture():
     expect = {
         "mosi": 40 * (301 + 6 + 21) + 3 * encoder(5) + encoder(3) + head + 41,
         "iemocap": 40 * (1025 + 131 + 343) + 3 * encoder(4) + encoder(2) + head + 41 * 4,
-        # official FoodModel: 768-d inputs, plus an unused `projt` (30,760) that our count leaves out
-        "food101": 40 * 769 * 2 + 2 * encoder(4) + encoder(2) + head + 41 * 101,
+        # official FoodModel: 768-d inputs, one projection `projv` for both (plus an unused `projt`,
+        # 30,760, that our count leaves out)
+        "food101": 40 * 769 + 2 * encoder(4) + encoder(2) + head + 41 * 101,
     }
     for name, count in expect.items():
         data = tiny_data(name)
@@ -118,6 +119,8 @@ def test_paper_transformer_sizes_match_the_official_architecture():
             data.input_dims = {"image": 768, "text": 768}
         model = build_model(name, data, "paper")
         assert sum(p.numel() for p in model.parameters()) == count, name
+    own = build_model("food101", data, "paper", text_projection="own")  # our correction: its own projection
+    assert sum(p.numel() for p in own.parameters()) == expect["food101"] + 40 * 769
 
 
 def test_paper_deeplab_matches_official_size_and_shapes():

@@ -60,6 +60,12 @@ class MultimodalModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} defines no modality classifier; "
                                   "pass `classifiers=` to the strategy")
 
+    def released_scaled_parameters(self, modality: str) -> list[nn.Parameter] | None:
+        """The parameters of modality m that the released CGGM code rescales by ρ·B_m (used by CGGM's
+        `scaled="released"`). None, the default, means the released code has no such model: every
+        parameter of `encoders[m]` is rescaled. The paper's models override it (docs/methods.md)."""
+        return None
+
 
 def fused_output_layer(model: nn.Module) -> nn.Module:
     """The model's fused output layer: `model.out_layer` (or `model.classifier`, the STYLE name)."""
@@ -69,6 +75,19 @@ def fused_output_layer(model: nn.Module) -> nn.Module:
             return layer
     raise ConfigError(f"{type(model).__name__} has no fused output layer: expose it as `model.out_layer` "
                       "(an nn.Linear or conv with a `weight`) so that CGGM can compare directions")
+
+
+def modality_parameters(model: nn.Module, modality: str) -> list[nn.Parameter]:
+    """The parameters of `encoders[modality]` that no other encoder shares.
+
+    A module shared by two encoders (the released Food-101 model's one projection for image and text,
+    `FoodModel(text_projection="image")`) belongs to no single modality: strategies that scale,
+    restore or combine one modality's gradients leave it to the fusion's treatment."""
+    owners: dict[int, int] = {}
+    for encoder in model.encoders.values():
+        for p in encoder.parameters():
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return [p for p in model.encoders[modality].parameters() if owners[id(p)] == 1]
 
 
 def check_encoders(model: nn.Module, min_modalities: int = 1) -> list[str]:

@@ -8,13 +8,17 @@ embedding dropout, pre-LN layers, final LayerNorm) → (B, T_m, d). Fusion Ω: t
 concatenated along time in modality order (MOSI/IEMOCAP: text, audio, vision), a fusion encoder of
 `fusion_layers` layers, the output at position 0 (the first step of the first modality), the residual
 MLP proj2(dropout(relu(proj1(h)))) + h and `out_layer` Linear(d, C). CGGM classifier f_m: a 2-layer
-encoder on features[m], position 0, proj1 → ReLU → proj2 → ReLU, `out_layer` Linear(d, C).
+encoder on features[m], position 0, then the head (below) and `out_layer` Linear(d, C).
 
-Deviations from the official code (each on purpose):
-- The input projection Conv1d of modality m sits inside `encoders[m]`; the official `proj` list sits
-  outside the encoders, so CGGM never rescaled its gradient (reference §2.1 D8).
-- The official classifier applies the same `proj1` twice (proj1 → proj1 → ReLU); here two layers
-  proj1 → ReLU → proj2 → ReLU (reference §2.2).
+Where the released code is followed exactly, and the corrections offered beside it:
+- The input projection Conv1d of modality m sits inside `encoders[m]` (as `encoders[m].proj`); the
+  released `proj` list sits outside the encoders. `released_scaled_parameters(m)` names what the
+  released CGGM step rescales (zrguo/CGGM@21e428c src/msatrain.py:119–122 selects parameters whose
+  name contains `encoders.{i}`): the transformer `encoders[m].encoder`, not the projection. CGGM's
+  `scaled="encoder"` correction rescales the projection too.
+- Classifier head `head="released"` applies the same `proj1` twice, proj1 → proj1 → ReLU, and has no
+  proj2 (models/msamodel.py:89–94 `Classifier.forward`); `head="two_layer"` (our correction) is
+  proj1 → ReLU → proj2 → ReLU. CGGM's `variant` picks one (docs/methods.md).
 - Positions are 1..T for every step. MulT gives the zero embedding to steps whose first projected
   channel is exactly 0, which after a Conv1d with bias practically never happens.
 - `mask_padding=True` (off by default, as the official code, which attends to IEMOCAP's zero padding)
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .base import MultimodalModel
 
 #: modality order of the fused sequence in the official MSA code (position 0 = first text step)
@@ -107,18 +112,32 @@ class ModalityEncoder(nn.Module):
         return h if mask is None else h.masked_fill(mask[..., None], 0.0)
 
 
-class SequenceClassifier(nn.Module):
-    """CGGM classifier f_m: 2-layer encoder on (B, T, d), position 0, proj1 → ReLU → proj2 → ReLU, out_layer."""
+#: classifier heads of `SequenceClassifier`: the released one and our correction
+HEADS = ("released", "two_layer")
 
-    def __init__(self, dim: int, num_outputs: int, layers: int = 2, mask_padding: bool = False, **encoder_kwargs):
+
+class SequenceClassifier(nn.Module):
+    """CGGM classifier f_m: 2-layer encoder on (B, T, d), position 0, a head, out_layer.
+
+    head="released": relu(proj1(proj1(h))), the released code's head (one Linear applied twice);
+    head="two_layer": relu(proj2(relu(proj1(h)))), our correction.
+    """
+
+    def __init__(self, dim: int, num_outputs: int, layers: int = 2, mask_padding: bool = False,
+                 head: str = "two_layer", **encoder_kwargs):
         super().__init__()
+        if head not in HEADS:
+            raise ConfigError(f"classifier head must be one of {HEADS}, got {head!r}")
         self.encoder = SequenceEncoder(dim, layers=layers, **encoder_kwargs)
-        self.proj1, self.proj2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj1 = nn.Linear(dim, dim)
+        self.proj2 = nn.Linear(dim, dim) if head == "two_layer" else None
         self.out_layer = nn.Linear(dim, num_outputs)
-        self.mask_padding = mask_padding
+        self.mask_padding, self.head = mask_padding, head
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         h = self.encoder(feature, padding_mask(feature) if self.mask_padding else None)[:, 0]
+        if self.proj2 is None:
+            return self.out_layer(F.relu(self.proj1(self.proj1(h))))
         return self.out_layer(F.relu(self.proj2(F.relu(self.proj1(h)))))
 
 
@@ -157,9 +176,14 @@ class TokenFusionTransformer(MultimodalModel):
         h = self.proj2(self.out_dropout(F.relu(self.proj1(h)))) + h
         return self.out_layer(h)
 
-    def modality_classifier(self, modality: str) -> nn.Module:
+    def modality_classifier(self, modality: str, head: str = "two_layer") -> nn.Module:
         return SequenceClassifier(self.dim, self.num_outputs, self.classifier_layers, self.mask_padding,
-                                  **self.encoder_kwargs)
+                                  head=head, **self.encoder_kwargs)
+
+    def released_scaled_parameters(self, modality: str) -> list[nn.Parameter]:
+        """What the released CGGM step rescales for modality m: its transformer encoder only, not the
+        input projection (src/msatrain.py:119–122, src/foodtrain.py:125–129 select by name)."""
+        return list(self.encoders[modality].encoder.parameters())
 
 
 class MSAModel(TokenFusionTransformer):

@@ -16,9 +16,12 @@ bilinearly (align_corners) to the layer1 resolution, concatenated with layer1 al
 modalities; bilinear interpolation acts per channel, so the fused prediction is identical. Zeroed
 features of a modality equal the official zero-filled ASPP and low-level inputs of a missing one.
 
-Deviations from the official code: none in the architecture. In the official training step the
-magnitude modulation matched no parameter of this model (names `backbone1..4`, reference §2.5);
-here each backbone and its ASPP form `encoders[m]`, so CGGM's ρ·B_m scaling reaches them.
+Deviations from the official code: none in the architecture. The released training step selects the
+parameters to rescale by the names `vision_encoder` / `text_encoder` (zrguo/CGGM@21e428c
+src/segtrain.py:106–110), which no parameter of this model has (its encoders are `backbone1..4`), so
+the released magnitude modulation rescales nothing: `released_scaled_parameters` is empty and CGGM's
+official variant leaves the encoder gradients as they are. `scaled="encoder"` (our correction)
+rescales each backbone and its ASPP, `encoders[m]` (docs/methods.md).
 """
 from __future__ import annotations
 
@@ -106,6 +109,10 @@ class DeepLabMultiInput(MultimodalModel):
 
     def modality_classifier(self, modality: str) -> nn.Module:
         return DeepLabClassifier(self.aspp_channels, self.low_channels, self.num_outputs, self.decoder_channels)
+
+    def released_scaled_parameters(self, modality: str) -> list[nn.Parameter]:
+        """None: the released BraTS step's name filter matches no parameter of this model."""
+        return []
 
 
 def _channels(d) -> int:

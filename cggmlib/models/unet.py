@@ -114,6 +114,11 @@ class MultiEncoderUNet(MultimodalModel):
     def modality_classifier(self, modality: str) -> nn.Module:
         return UNetClassifier(self.channels, self.head_channels, self.num_outputs)
 
+    def released_scaled_parameters(self, modality: str) -> list[nn.Parameter]:
+        """None, as the released BraTS step (whose name filter matches no parameter of the BraTS model):
+        this light stand-in of that model follows the same method (docs/methods.md)."""
+        return []
+
 
 def check_image_size(inputs: dict[str, torch.Tensor], stride: int) -> None:
     """Raise a ConfigError unless every input is (B, C, H, W) with H and W multiples of `stride`."""

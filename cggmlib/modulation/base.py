@@ -19,6 +19,7 @@ import torch
 
 from ..models.base import Output, check_encoders, fused_output_layer
 from .classifiers import ModalityClassifiers
+from .coefficients import balance_coefficients
 
 
 @dataclass
@@ -65,8 +66,7 @@ class Strategy:
         stats = self.classifiers.observe(out.features, batch.target)
         stats |= self.classifiers.direction_stats(fused_output_layer(model))
         # what the official CGGM would apply here (logged, never applied): B_m without ρ
-        total = self.classifiers.delta.sum() + 1e-8
-        stats |= {f"balance/{m}": (total - d) / total for m, d in zip(self.modalities, self.classifiers.delta)}
+        stats |= {f"balance/{m}": b for m, b in zip(self.modalities, balance_coefficients(self.classifiers.delta))}
         stats |= {f"coeff/{m}": torch.ones(()) for m in self.modalities}
         self.classifiers.step()
         return stats

@@ -1,8 +1,9 @@
 """CGGM: classifier-guided gradient modulation.
 
 Guo, Jin, Chen & Zhao, "Classifier-guided Gradient Modulation for Enhanced Multimodal Learning",
-NeurIPS 2024 (arXiv 2411.01409). Reference code: zrguo/CGGM:src/msatrain.py, src/foodtrain.py,
-src/segtrain.py `train()` and src/eval_metrics.py `cal_cos` (commit 21e428c).
+NeurIPS 2024 (arXiv 2411.01409). Released code: zrguo/CGGM@21e428c, the `train()` bodies of
+src/msatrain.py (MOSI, IEMOCAP), src/foodtrain.py (Food-101) and src/segtrain.py (BraTS), and
+src/eval_metrics.py `cal_cos`. docs/methods.md derives the equations and lists every deviation.
 
 Per step, with ε_m the per-batch metric of classifier f_m (fed detached features of modality m):
     Δε_m = ε_m^t − ε_m^{t−1}                                  (ε^0 = 0, never reset)
@@ -11,13 +12,25 @@ Per step, with ε_m the per-batch metric of classifier f_m (fed detached feature
     L_gm = (Σ_m |B_m| − Σ_m B_m · cos_m) / M,  L = L_task + λ · L_gm   (Eqs. 12–13: direction)
 
 Variants (`variant`, `guard`):
-- "official": as released. ε is the official per-batch metric (sign accuracy for regression),
-  B_m uses Σ Δε + 1e-8 as denominator (no guard: B can be huge or negative, reference §8),
-  cos_m compares the output-layer *weights* of the fused head and of f_m, and L_gm built at step t
-  enters the loss at step t+1, so its gradient reaches only the fused output layer. Scaling happens
-  before clipping (the loop clips after `after_backward`).
-- "paper": the paper's equations (reference §9). ρ sits inside B (Eq. 7), so L_gm carries ρ; ε is the
-  metric the paper names (−MAE for regression, accuracy or Dice otherwise); cos_m compares the
+- "official": the released method, step for step and in what it touches. ε is the released per-batch
+  metric (sign accuracy for regression); B_m uses Σ Δε + 1e-8 as denominator (no guard: B can be
+  huge or negative); cos_m compares the output-layer *weights* of the fused head and of f_m, and L_gm
+  built at step t enters the loss at step t+1, so its gradient reaches only the fused output layer;
+  scaling happens before clipping (the loop clips after `after_backward`). Three further choices
+  default to the released code under "official" (each can be switched on its own):
+    scaled="released"     rescale what the released code rescales: the transformer encoders of the
+                          MOSI/IEMOCAP/Food models but not their input projections (msatrain.py:
+                          119–122, foodtrain.py:125–129), and nothing at all on BraTS, whose name
+                          filter matches no parameter (segtrain.py:106–110); see the models'
+                          `released_scaled_parameters`. "encoder": every parameter of encoders[m].
+    classifier_head="released"  the sequence models' f_m apply `proj1` twice (models/msamodel.py:
+                          89–94); "two_layer": proj1 → ReLU → proj2 → ReLU. Models without such a
+                          choice ignore it.
+    precision="released"  ε and B in the released dtype: float64 for accuracies (scikit-learn's
+                          `accuracy_score`), float32 for the BraTS Dice; "float32": always float32.
+- "paper": the paper's equations, with the three corrections (scaled="encoder",
+  classifier_head="two_layer", precision="float32"). ρ sits inside B (Eq. 7), so L_gm carries ρ; ε is
+  the metric the paper names (−MAE for regression, accuracy or Dice otherwise); cos_m compares the
   output-layer *gradients* ∇_{W_F} L_task and ∇_{W_{f_m}} L_m of the same step, and L_gm is added in
   that step and differentiated through ∇_{W_F} L_task (double backward). Algorithm 1 read literally
   computes a gradient cosine after backward and adds it one step later: a constant that changes no
@@ -29,10 +42,11 @@ Variants (`variant`, `guard`):
   metric fell has made no progress and should get no share of the improvement.
 
 Cost: the classifiers read detached features, so their forward, backward and step do not depend on
-the main backward. With `overlap` (on by default on CUDA, official variant) they run in a worker
-thread, on a side CUDA stream, while the main backward runs; the encoders' gradients are scaled once
-both are done. Results are the same as without overlap (same operations, same random draws, in the
-same order). Nothing in a step reads a device value on the host.
+the main backward. With `overlap` (official variant; off by default until verified on a GPU, see
+docs/performance.md) they run in a worker thread, on a side CUDA stream, while the main backward
+runs; the encoders' gradients are scaled once both are done. Results are the same as without overlap
+(same operations, same random draws, in the same order). Nothing in a step reads a device value on
+the host.
 """
 from __future__ import annotations
 
@@ -42,31 +56,17 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.base import fused_output_layer
+from ..models.base import fused_output_layer, modality_parameters
 from .base import Strategy
 from .classifiers import ModalityClassifiers, cosines
+from .coefficients import balance_coefficients, direction_loss, guarded_balance_coefficients
+from .overlap import VERIFIED as OVERLAP_VERIFIED
 from .overlap import Overlap
 
 VARIANTS = ("official", "paper")
-
-
-def balance_coefficients(delta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """B_m = (S − Δε_m) / S with S = Σ_k Δε_k + eps, exactly as the official code (no guard)."""
-    total = delta.sum() + eps
-    return (total - delta) / total
-
-
-def guarded_balance_coefficients(delta: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-    """B_m = Σ_{k≠m} Δε_k⁺ / Σ_k Δε_k⁺ in [0, 1]; (M−1)/M for every m when Σ_k Δε_k⁺ ≤ tol."""
-    gain = delta.clamp(min=0)
-    total = gain.sum()
-    neutral = torch.full_like(delta, (len(delta) - 1) / len(delta))
-    return torch.where(total > tol, (total - gain) / total.clamp(min=tol), neutral)
-
-
-def direction_loss(coeff: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """L_gm = (Σ_m |B_m| − Σ_m B_m · cos_m) / M (Eq. 12); ≥ 0, and 0 when cos_m = sign(B_m)."""
-    return (coeff.abs().sum() - (coeff * cos).sum()) / len(coeff)
+#: the three released choices and our corrections; None picks the first under "official", the second under "paper"
+CHOICES = {"scaled": ("released", "encoder"), "classifier_head": ("released", "two_layer"),
+           "precision": ("released", "float32")}
 
 
 @dataclass
@@ -85,9 +85,17 @@ class CGGM(Strategy):
     """epochs during which the classifiers learn but nothing is modulated (0 as in the released code)"""
     classifiers_override: dict | None = field(default=None, repr=False)
     """your own classifiers f_m {modality: module with `.out_layer`}; default: model.modality_classifier(m)"""
+    scaled: str | None = None
+    """which parameters ρ·B_m rescales: released (what the released code rescales; nothing on BraTS) |
+    encoder (every parameter of encoders[m]). None: released under official, encoder under paper"""
+    classifier_head: str | None = None
+    """head of the sequence models' f_m: released (proj1 applied twice) | two_layer. None: per variant"""
+    precision: str | None = None
+    """dtype of ε and B: released (float64 accuracies, float32 Dice) | float32. None: per variant"""
     overlap: bool | None = None
     """run the classifiers concurrently with the main backward (worker thread; side stream on CUDA);
-    None: on for a CUDA model, off on CPU (True there uses a second core). Official variant only"""
+    None: off until `python -m cggmlib.gpu_check` has verified it on a GPU (docs/performance.md;
+    `overlap.VERIFIED`); True on CPU uses a second core. Official variant only"""
 
     min_modalities = 2
 
@@ -103,6 +111,13 @@ class CGGM(Strategy):
             raise ConfigError(f"cggm: warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
         if self.overlap not in (None, True, False):
             raise ConfigError(f"cggm: overlap must be true, false or None (auto: on CUDA), got {self.overlap!r}")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise ConfigError(f"cggm: {name} must be one of {choices} (or None: {choices[0]} under the "
+                                  f"official variant, {choices[1]} under paper), got {value!r}")
+        self.resolved = {name: getattr(self, name) or choices[self.variant == "paper"]
+                         for name, choices in CHOICES.items()}
 
     def uses_classifiers(self) -> bool:
         return True
@@ -112,11 +127,13 @@ class CGGM(Strategy):
         if self.classifiers_override is not None:
             self.classifiers = ModalityClassifiers.for_strategy(self, model, heads=self.classifiers_override)
         self.fused = fused_output_layer(model)
-        self.encoder_params = {m: list(model.encoders[m].parameters()) for m in self.modalities}
+        self.encoder_params = {m: scaled_parameters(model, m, self.resolved["scaled"]) for m in self.modalities}
+        released = self.resolved["precision"] == "released"
+        self.dtype = getattr(self.task, "released_dtype", torch.float32) if released else torch.float32
         self.pending = None  # official: (B, vec W_fused (K,), W_f_m stacked (M, K)) of step t → L_gm at t + 1
         self._paper_stats, self._l_gm = None, None
         device = self.fused.weight.device
-        on = self.overlap if self.overlap is not None else device.type == "cuda"
+        on = self.overlap if self.overlap is not None else device.type == "cuda" and OVERLAP_VERIFIED
         self._overlap = Overlap(device) if on and self.variant == "official" else None
 
     def active(self, epoch: int) -> bool:
@@ -125,7 +142,7 @@ class CGGM(Strategy):
     def _observe(self, features, target) -> tuple[dict, torch.Tensor]:
         """Train the classifiers on this batch; ε_m, Δε_m and the coefficients B_m (no ρ)."""
         metric = self.task.paper_metric if self.variant == "paper" else self.task.step_metric
-        stats = self.classifiers.observe(features, target, metric=metric)
+        stats = self.classifiers.observe(features, target, metric=metric, dtype=self.dtype)
         delta = self.classifiers.delta
         coeff = guarded_balance_coefficients(delta) if self.guard else balance_coefficients(delta)
         return stats | {f"balance/{m}": b for m, b in zip(self.modalities, coeff)}, coeff
@@ -187,8 +204,8 @@ class CGGM(Strategy):
         if active and self.magnitude:
             for m, k in zip(self.modalities, scale):  # Eq. 8: ∇θ^{φ_m} L ← ρ·B_m ∇θ^{φ_m} L
                 grads = [p.grad for p in self.encoder_params[m] if p.grad is not None]
-                if grads:
-                    torch._foreach_mul_(grads, k)
+                if grads:  # ρ·B_m formed in B's dtype, then rounded to the gradients' (as `grad *= float`)
+                    torch._foreach_mul_(grads, k.to(grads[0].dtype))
         applied = scale if active and self.magnitude else torch.ones_like(scale)
         stats |= {f"coeff/{m}": k for m, k in zip(self.modalities, applied)}
         if active and self.lam and self._l_gm is not None:
@@ -219,3 +236,18 @@ def _cosines(fused: torch.Tensor, others) -> torch.Tensor:
                           f"classifier's output layer (got {bad}); they must have the same shape (or set lam=0)")
     stacked = others if torch.is_tensor(others) else torch.stack([o.flatten() for o in others])
     return F.cosine_similarity(stacked.float(), fused.flatten().float()[None], dim=1)
+
+
+def scaled_parameters(model, modality: str, which: str) -> list:
+    """The parameters whose gradients CGGM rescales by ρ·B_m for `modality`.
+
+    which="released": `model.released_scaled_parameters(modality)` when the model defines it and it is
+    not None (the paper's models: what the released code's name filters select), else as "encoder".
+    which="encoder": every parameter of `model.encoders[modality]` that no other encoder shares (a
+    projection shared by two modalities, as the released Food-101 model's, belongs to neither).
+    """
+    if which == "released":
+        chosen = getattr(model, "released_scaled_parameters", lambda m: None)(modality)
+        if chosen is not None:
+            return list(chosen)
+    return modality_parameters(model, modality)

@@ -6,6 +6,8 @@ with `observe=True` to measure per-modality learning without changing it.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,8 +60,11 @@ class ModalityClassifiers(nn.Module):
     @classmethod
     def for_strategy(cls, strategy, model, heads: dict | None = None) -> "ModalityClassifiers":
         if heads is None and hasattr(model, "modality_classifier"):
+            kind = getattr(strategy, "resolved", {}).get("classifier_head")
+            takes_head = kind is not None and "head" in inspect.signature(model.modality_classifier).parameters
             try:
-                heads = {m: model.modality_classifier(m) for m in model.encoders}
+                heads = {m: model.modality_classifier(m, head=kind) if takes_head else model.modality_classifier(m)
+                         for m in model.encoders}
             except NotImplementedError:
                 heads = None
         if heads is not None:
@@ -89,12 +94,13 @@ class ModalityClassifiers(nn.Module):
         with torch.autocast(device_type, enabled=False):  # small heads: full precision, no GradScaler
             return {m: self.heads[m](f.detach().float()) for m, f in features.items()}
 
-    def observe(self, features, target, metric=None) -> dict:
+    def observe(self, features, target, metric=None, dtype: torch.dtype = torch.float32) -> dict:
         """Forward every f_m on detached features and backpropagate Σ_m loss_m into the heads only.
 
         Sets `self.eps` (ε_m, the per-batch metric, averaged over data-parallel ranks) and
         `self.delta` (Δε_m = ε_m^t − ε_m^{t−1}, with ε^0 = 0 and no reset between epochs), both (M,)
-        tensors in `self.modalities` order, and `self.last_preds`. Returns the trace scalars
+        tensors in `self.modalities` order and in `dtype` (float64 reproduces the released code's
+        scikit-learn accuracies), and `self.last_preds`. Returns the trace scalars
         `acc_head/m` (the task's official per-batch metric), `loss_head/m`, `eps/m`, `delta/m` as
         device tensors: no host synchronisation.
         """
@@ -106,8 +112,9 @@ class ModalityClassifiers(nn.Module):
         metric = metric or self.task.step_metric
         with torch.no_grad():
             official = {m: self.task.step_metric(z, target) for m, z in preds.items()}
-            eps = torch.stack([official[m] if metric is self.task.step_metric else metric(z, target)
-                               for m, z in preds.items()])
+            same = metric is self.task.step_metric and dtype == torch.float32
+            eps = torch.stack([official[m] if same else metric(z, target, dtype=dtype) if dtype != torch.float32
+                               else metric(z, target) for m, z in preds.items()])
             eps = mean_across_processes(eps)
             self.delta = eps - (torch.zeros_like(eps) if self.prev_eps is None else self.prev_eps)
             self.eps = self.prev_eps = eps

@@ -18,6 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+#: whether `python -m cggmlib.gpu_check` has shown, on a GPU, parameters identical with and without
+#: overlap over >= 50 steps of each paper model. Until then CGGM's `overlap=None` means off: a
+#: stream-ordering mistake would corrupt gradients silently. Set it with the committed report.
+VERIFIED = False
+
 
 class Overlap:
     """`submit(fn, *args)` starts fn in the worker; `result()` waits for it and returns its value."""

@@ -1,0 +1,3 @@
+from .released import main
+
+main()
