@@ -123,6 +123,9 @@ class Tiny(MultimodalModel):
     def fuse(self, features):
         return self.out_layer(torch.cat([features["a"], features["v"]], 1))
 
+    def modality_classifier(self, modality):
+        return nn.Linear(4, 3)
+
     def forward(self, inputs):
         features = self.encode(inputs)
         w, b, h = self.out_layer.weight, self.out_layer.bias, features["a"].shape[1]
@@ -290,6 +293,31 @@ def test_agm_window_covers_the_released_twenty_epochs():
         assert modulated == ref_agm_active(epoch + 1), epoch
     active = [e for e in range(30) if strategy.start_epoch <= e <= strategy.end_epoch]
     assert len(active) == sum(ref_agm_active(e) for e in range(1, 31)) == 20
+
+
+def test_reconboost_stages_and_ga_term_as_released():
+    """huacong/ReconBoost@14ab57a train.py:59-60 (4 + 4 epochs per stage), :349 (GA MSE on detached outputs)."""
+    default = make_strategy("reconboost")
+    assert (default.stage_epochs, default.rectify_epochs, default.ga_gradient) == (4.0, 4.0, False)
+    data = tiny_data()
+    batches = list(data.train)
+    grads = {}
+    for name, options in {"released": {}, "no_ga": {"alpha": 0.0}, "ga_gradient": {"ga_gradient": True}}.items():
+        torch.manual_seed(0)
+        model = Tiny()
+        strategy = make_strategy("reconboost", stage_epochs=1 / 3, rectify_epochs=1 / 3, **options)
+        strategy.setup(model, data)
+        for step in range(3):  # boost a, rectify, boost v: the GA term (against a) appears in the third step
+            batch = batches[step]
+            out = strategy.forward(model, batch, 0)
+            strategy.loss(model, batch, out, 0).backward()
+            strategy.after_backward(model, batch, out, 0)
+            if step < 2:
+                model.zero_grad()
+                strategy.heads.zero_grad()
+        grads[name] = strategy.heads["v"].weight.grad.clone()
+    assert torch.allclose(grads["released"], grads["no_ga"])  # the released GA term adds no gradient
+    assert not torch.allclose(grads["ga_gradient"], grads["no_ga"])
 
 
 # ------------------------------------------------------------------ the generated page
