@@ -77,7 +77,9 @@ def test_pmr_prototype_logits_and_lag_coefficients_by_hand():
     logits = prototype_logits(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
     assert close(logits, [[-5.0, -1.0]])
     beta, ratio = lag_coefficients(torch.tensor([0.6, 0.3, 0.45]), alpha=2.0)
-    assert close(ratio, [1.0, 2.0, 0.6 / 0.45]) and close(beta, [0.0, 2.0, 2.0 * (0.6 / 0.45 - 1)])
+    assert close(ratio, [1.0, 2.0, 0.6 / 0.45]) and close(beta, [0.0, 2.0, 2.0])  # every lagging one: full α
+    beta, _ = lag_coefficients(torch.tensor([0.6, 0.3, 0.45]), alpha=2.0, clip=True)
+    assert close(beta, [0.0, 2.0, 2.0 * (0.6 / 0.45 - 1)])
 
 
 def test_qmf_energy_and_rank_loss_by_hand():

@@ -1,9 +1,15 @@
 """AGM: adaptive gradient modulation from Shapley-style mono-modal responses.
 
 Li, Li, Chen & Wang, "Boosting Multi-modal Model Performance with Adaptive Gradient Modulation",
-ICCV 2023. Reference code: Lingy12/AGM_ICCV2023:run/MOSEI_main.py `train()` (a copy of the first
-author's repository) and GeWu-Lab/BalanceBenchmark:balancemm/trainer/AGM_trainer.py (`newGrad`,
+ICCV 2023. Reference code: Lingy12/AGM_ICCV2023@a24f2ce (a copy of the first author's repository)
+run/MOSEI_main.py:14-164 (`train`: ratios 101-110, window 115, epochs counted from 1 at 324/336),
+run/CREMAD_main.py:145-159 (the capped exponent), utils/config.py:74-76 (defaults); and
+GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/AGM_trainer.py (`newGrad`,
 `AGMTrainer.training_step`), the re-implementation for M modalities.
+
+Schedule: the released window `modulation_starts <= epoch <= modulation_ends` with defaults [0, 20]
+runs over epochs counted from 1, so it covers epochs 1..20, twenty epochs. Our loop counts from 0:
+the same twenty epochs are 0..19, hence end_epoch = 19.
 
 Per step, with f(S) the fused output when only the modalities in S are fed (the others' features
 zeroed through `model.fuse`) and f(∅) := 0:
@@ -85,9 +91,11 @@ class AGM(Strategy):
     """upper bound of r̂_m − r_m in the exponent: min(·, 10) of the official CREMA-D step as quoted in
     BalanceBenchmark's AGM_trainer (its active code uses 7; the official MOSEI script has no cap)"""
     start_epoch: int = 0
-    """first epoch with modulation (official `--modulation_starts` 0)"""
-    end_epoch: int = 20
-    """last epoch with modulation, inclusive (official `--modulation_ends` 20)"""
+    """first epoch with modulation, counted from 0 (official `--modulation_starts` 0 over epochs from 1:
+    the first epoch)"""
+    end_epoch: int = 19
+    """last epoch with modulation, inclusive, counted from 0 (official `--modulation_ends` 20 over epochs
+    counted from 1: twenty epochs, 0..19 here)"""
 
     min_modalities = 2
 

@@ -2,8 +2,10 @@
 
 Wu, Jastrzębski, Cho & Geras, "Characterizing and Overcoming the Greedy Nature of Learning in
 Multi-modal Deep Neural Networks", ICML 2022 (arXiv 2202.05306). Reference code:
-nyukat/greedy_multimodal_learning:src/callbacks.py `Bias_Mitigation_Strong`, src/balanced_mmtm.py;
-GeWu-Lab/BalanceBenchmark:balancemm/trainer/Greedy_trainer.py.
+nyukat/greedy_multimodal_learning@a190e03 src/callbacks.py:174-267 (`Bias_Mitigation_Strong`: the
+decision 240-263, the unlock 265-267), src/framework.py:293 (epochs counted from 1),
+configs/training_guided.gin:14-16 (defaults), src/balanced_mmtm.py;
+GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/Greedy_trainer.py.
 
 The original measures the *conditional learning speed* of each modality, the accumulated
 Σ‖∇W‖²/‖W‖² of its cross-modal MMTM "bypass" parameters over its own branch, and when the two
@@ -24,9 +26,11 @@ d > α, the next `window` steps re-balance for c, then one normal step measures 
 `start_epoch` ū is accumulated but nothing is re-balanced. ū accumulates from the first step, as the
 reference accumulates its speeds.
 
-Defaults: α = 0.01 (reference `epsilon`), window = 5 (`curation_windowsize`), start_epoch = 2
-(`starting_epoch`), from configs/training_guided.gin. α thresholds a difference of utilisation rates
-here, a difference of log10 speed ratios there: tune it per dataset.
+Defaults: α = 0.01 (reference `epsilon`), window = 5 (`curation_windowsize`), from
+configs/training_guided.gin; start_epoch = 1: the reference's `starting_epoch = 2` counts epochs from 1
+(framework.py:293, `range(1, epochs+1)`), so re-balancing unlocks in the second epoch, which is epoch 1
+in our loop's numbering from 0. α thresholds a difference of utilisation rates here, a difference of
+log10 speed ratios there: tune it per dataset.
 """
 from __future__ import annotations
 
@@ -71,8 +75,9 @@ class Greedy(Strategy):
     """α (reference `epsilon`): the utilisation gap max ū − min ū that triggers re-balancing"""
     window: int = 5
     """re-balancing steps per trigger (reference `curation_windowsize`)"""
-    start_epoch: int = 2
-    """first epoch in which re-balancing may start (reference `starting_epoch`)"""
+    start_epoch: int = 1
+    """first epoch (counted from 0, as the loop) in which re-balancing may start; 1 is the reference's
+    `starting_epoch = 2` over epochs counted from 1, i.e. the second epoch"""
 
     min_modalities = 2
 

@@ -10,8 +10,11 @@ was drawn keeps one of them, chosen uniformly at random, so no sample loses all 
 dropped modality's input (where="input") or encoder output (where="feature") is replaced by zeros; no
 rescaling (unlike unit dropout), and nothing is dropped at evaluation.
 
+Reference code: none found (searched the stored GitHub index for the CGGM authors' repositories,
+zrguo/CGGM@21e428c has no MRD code path, and for "modality random dropout"); ModDrop is a different
+architecture, so nothing here is transcribed from code.
 Choices (no documented default exists for this baseline): p = 0.5 (ModDrop-style); inputs are zeroed by
-default, as the reference summary describes it (§6: "replace it by zeros"). With M modalities the
+default (a missing modality is a zero input). With M modalities the
 effective per-modality drop rate is below p because of the keep-one rule, e.g. 0.375 for M = 2;
 `drop/m` in the trace logs the realised fraction.
 """

@@ -1,12 +1,14 @@
 """OGM and OGM-GE: on-the-fly gradient modulation (with generalisation enhancement).
 
 Peng, Wei, Deng, Wang & Hu, "Balanced Multimodal Learning via On-the-fly Gradient Modulation",
-CVPR 2022 (arXiv 2203.15332). Reference code: GeWu-Lab/OGM-GE_CVPR2022:main.py `train_epoch()`;
-GeWu-Lab/BalanceBenchmark:balancemm/trainer/OGM_trainer.py (its 3-modality variant).
+CVPR 2022 (arXiv 2203.15332). Reference code: GeWu-Lab/OGM-GE_CVPR2022@343dc1d main.py:57-148
+(`train_epoch`: scores 105-106, coefficients 119-124, window and scaling 132-148);
+GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/OGM_trainer.py (its M-modality variant).
 
 Per step, after backward, with s_m = Σ_batch score(unimodal prediction of m, y):
     ρ_m = s_m / s_other                                   (Eq. 9; M > 2: s_m / mean_{k≠m} s_k)
     k_m = 1 − tanh(α · ρ_m)  if ρ_m > 1,  else 1            (Eq. 10)
+    exact tie (no ρ_m > 1): k = 1 − tanh(α · ρ_first) for the first modality, 1 for the others
     ∇θ^{φ_m} L ← k_m · ∇θ^{φ_m} L                          (OGM)
     ∇θ^{φ_m} L ← k_m · ∇θ^{φ_m} L + N(0, std(∇θ^{φ_m} L)²)  (OGM-GE, every encoder, std of the unscaled
                                                             gradient, per tensor)
@@ -14,6 +16,9 @@ only for epochs modulation_starts ≤ epoch ≤ modulation_ends (both inclusive,
 
 The official formula is `1 - tanh(alpha * relu(ratio))` inside `if ratio > 1`, i.e. tanh(α·ρ), not
 tanh(α·(ρ − 1)): the coefficient jumps from 1 to 1 − tanh(α) as ρ crosses 1. We keep it.
+Ties follow the released `if ratio_v > 1: ... else:` (main.py:119-124): when the two scores are equal
+the `else` branch still slows the audio encoder (the model's first modality) by 1 − tanh(α), e.g.
+0.336 at α = 0.8. `skip_ties=True` (off by default) leaves every encoder unscaled at a tie instead.
 
 Deviations (natural extensions, each marked where it happens):
 - unimodal predictions: the model's exact shares when it returns `out.unimodal_logits` (late fusion with
@@ -46,9 +51,17 @@ def discrepancy_ratios(scores: torch.Tensor) -> torch.Tensor:
     return scores / others.clamp(min=1e-12)
 
 
-def ogm_coefficients(ratios: torch.Tensor, alpha: float) -> torch.Tensor:
-    """k_m = 1 − tanh(α·ρ_m) where ρ_m > 1, else 1 (Eq. 10, as `1 - tanh(alpha * relu(ratio))`)."""
-    return torch.where(ratios > 1, 1 - torch.tanh(alpha * ratios), torch.ones_like(ratios))
+def ogm_coefficients(ratios: torch.Tensor, alpha: float, skip_ties: bool = False) -> torch.Tensor:
+    """k_m = 1 − tanh(α·ρ_m) where ρ_m > 1, else 1 (Eq. 10, as `1 - tanh(alpha * relu(ratio))`).
+
+    When no ρ_m exceeds 1 (an exact tie) the first modality gets 1 − tanh(α·ρ_first), as the released
+    `else` branch does for audio, unless `skip_ties`.
+    """
+    lead = ratios > 1
+    if not skip_ties and not bool(lead.any()):
+        lead = torch.zeros_like(lead)
+        lead[0] = True
+    return torch.where(lead, 1 - torch.tanh(alpha * ratios), torch.ones_like(ratios))
 
 
 @dataclass
@@ -61,6 +74,9 @@ class OGM(Strategy):
     """first epoch with modulation (official `--modulation_starts`, default 0)"""
     modulation_ends: int = 50
     """last epoch with modulation, inclusive (official `--modulation_ends`, default 50)"""
+    skip_ties: bool = False
+    """at an exact score tie leave every encoder unscaled (k = 1); off: the released code's `else` branch
+    slows the first modality by 1 − tanh(α) (main.py:119-124)"""
 
     min_modalities = 2
     #: add the generalisation-enhancement noise (OGM-GE); a class constant, set by the subclass
@@ -85,7 +101,7 @@ class OGM(Strategy):
         pred = shares_or_responses(model, out)
         scores = torch.stack([self.task.score(pred[m], batch.target).sum() for m in self.modalities])
         ratios = discrepancy_ratios(scores)
-        coeff = ogm_coefficients(ratios, self.alpha)
+        coeff = ogm_coefficients(ratios, self.alpha, self.skip_ties)
         active = self.active(epoch)
         if active:
             for m, k in zip(self.modalities, coeff):

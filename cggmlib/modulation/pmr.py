@@ -1,27 +1,35 @@
 """PMR: prototypical modal rebalance.
 
 Fan, Xu, Wei, Hu, Chen & Wen, "PMR: Prototypical Modal Rebalance for Multimodal Learning", CVPR 2023.
-Reference code: fanyunfeng-bit/Modal-Imbalance-PMR:main_Prototype_grad.py (`calculate_prototype`,
-`train_epoch`, modulation "Proto") and GeWu-Lab/BalanceBenchmark:balancemm/trainer/PMR_trainer.py
-(the clipped coefficient and the PER term).
+Reference code: fanyunfeng-bit/Modal-Imbalance-PMR@3615e48 main_Prototype_grad.py (`train_epoch`
+91-290: prototype scores 158-160, coefficients 169-178; `calculate_prototype` 383-442, EMA 435-441;
+epoch loop 532-557). GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/PMR_trainer.py:166-175 gives
+the same coefficients (its commit 59c3446 replaced an earlier clipped form by the full α).
 
 Each epoch, class prototypes c_{m,k} = mean feature of modality m over the samples of class k, on the
 first `proto_fraction` of the training batches, EMA-smoothed: c ← (1−μ) c_new + μ c_old. Per step:
     p_m(k | x) = softmax_k(−‖z_m − c_{m,k}‖₂)          (prototype logits)
     s_m = mean_i p_m(y_i | x_i),   ρ_m = max_j s_j / s_m  (imbalance ratio; M = 2: s_a / s_v)
-    β_m = α · clip(ρ_m − 1, 0, 1)                         (only lagging modalities get a weight)
+    β_m = α if ρ_m > 1 else 0                             (only lagging modalities get a weight; a tie: none)
     L = L_task + Σ_m β_m · CE(−‖z_m − c_m‖, y) − μ_PER · max_m(β_m/α) · H(p_lead)   (PER: early epochs)
 
+Schedule as released: the prototypes used in epoch 0 are computed before training, those of epoch e ≥ 1
+after epoch e − 1, and the released loop passes that finished epoch's index to `calculate_prototype`,
+which smooths only when it is > 0 (main_Prototype_grad.py:435, 557). So epochs 0 and 1 use unsmoothed
+prototypes and the EMA starts in epoch 2.
+
+Options that differ from the released code (off by default):
+- `clip_weight`: β_m = α·clip(ρ_m − 1, 0, 1), the form BalanceBenchmark's trainer had before 59c3446;
+- `ema_from_epoch_1`: smooth the prototypes already in epoch 1.
+
 Deviations:
-- β_m = α·clip(ρ_m − 1, 0, 1) as BalanceBenchmark's trainer; the released main_Prototype_grad.py
-  gives a lagging modality the full α whenever ρ ≠ 1 (no clip);
 - M > 2: ρ_m against the leading modality, which reduces to the reference rule for M = 2
   (BalanceBenchmark switches to OGM-style gradient scaling for M > 2, a different method);
 - a class absent from the prototype subset keeps its previous prototype (the reference divides by
   zero and gets NaN);
-- PER is the entropy of the *leading* modality's own prototype distribution (BalanceBenchmark
-  scores one modality's features against every modality's prototypes); off by default (μ_PER = 0)
-  as in the released main_Prototype_grad.py;
+- PER is the entropy of the *leading* modality's own prototype distribution (BalanceBenchmark before
+  59c3446 scored one modality's features against every modality's prototypes); off by default
+  (μ_PER = 0) as in the released main_Prototype_grad.py;
 - segmentation (natural extension): pixels are the samples, so prototypes are per-class mean
   feature vectors over pixels (targets resized to the feature map by nearest neighbour);
   sequence features (B, T, D) are mean-pooled. Regression has no classes: a ConfigError says so.
@@ -42,10 +50,12 @@ def prototype_logits(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     return -torch.cdist(z.float(), prototypes.float())
 
 
-def lag_coefficients(score: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(β, ρ): ρ_m = max_j s_j / s_m and β_m = α · clip(ρ_m − 1, 0, 1)."""
+def lag_coefficients(score: torch.Tensor, alpha: float, clip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(β, ρ): ρ_m = max_j s_j / s_m; β_m = α where ρ_m > 1, else 0 (`clip`: α · clip(ρ_m − 1, 0, 1))."""
     ratio = score.max() / score.clamp(min=1e-12)
-    return alpha * (ratio - 1).clamp(0, 1), ratio
+    if clip:
+        return alpha * (ratio - 1).clamp(0, 1), ratio
+    return torch.where(ratio > 1, torch.full_like(ratio, alpha), torch.zeros_like(ratio)), ratio
 
 
 def samples(feature: torch.Tensor, target: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +85,12 @@ class PMR(Strategy):
     """first epoch with the prototype terms (official `--modulation_starts` 0)"""
     end_epoch: int = 100
     """last epoch with the prototype terms, inclusive (official `--modulation_ends` 100)"""
+    clip_weight: bool = False
+    """β_m = α·clip(ρ_m − 1, 0, 1) instead of the released full α for every lagging modality (the form
+    BalanceBenchmark's PMR trainer had before its commit 59c3446)"""
+    ema_from_epoch_1: bool = False
+    """EMA-smooth the prototypes from epoch 1 on; off: from epoch 2, as the released loop (it passes the
+    finished epoch's index, 0 after epoch 0, and smooths only when that index is > 0)"""
 
     min_modalities = 2
 
@@ -118,12 +134,15 @@ class PMR(Strategy):
         model.train(was_training)
         seen = {m: (c > 0)[:, None] for m, c in counts.items()}
         new = {m: s / counts[m].clamp(min=1)[:, None] for m, s in sums.items()}
+        smooth = self.prototypes is not None and epoch >= (1 if self.ema_from_epoch_1 else 2)
         if self.prototypes is None:
             self.prototypes = new
-        else:  # EMA; a class missing from this subset keeps its previous prototype
-            ema = {m: (1 - self.momentum) * new[m] + self.momentum * self.prototypes[m] for m in new}
-            self.prototypes = {m: torch.where(seen[m], ema[m], self.prototypes[m]) for m in new}
-        return {f"proto_classes_seen/{m}": s.float().mean() for m, s in seen.items()}
+        else:  # a class missing from this subset keeps its previous prototype
+            if smooth:
+                new = {m: (1 - self.momentum) * new[m] + self.momentum * self.prototypes[m] for m in new}
+            self.prototypes = {m: torch.where(seen[m], new[m], self.prototypes[m]) for m in new}
+        stats = {f"proto_classes_seen/{m}": s.float().mean() for m, s in seen.items()}
+        return stats | {"proto_ema": float(smooth)}
 
     def loss(self, model, batch, out, epoch: int) -> torch.Tensor:
         loss = self.task.loss(out.logits, batch.target)
@@ -133,7 +152,7 @@ class PMR(Strategy):
             logits[m], targets[m] = prototype_logits(z, self.prototypes[m]), y
         with torch.no_grad():
             score = torch.stack([logits[m].softmax(-1).gather(1, targets[m][:, None]).mean() for m in self.modalities])
-            beta, ratio = lag_coefficients(score, self.alpha)
+            beta, ratio = lag_coefficients(score, self.alpha, self.clip_weight)
         active = self.start_epoch <= epoch <= self.end_epoch
         weight = beta if active else torch.zeros_like(beta)
         proto_loss = {m: F.cross_entropy(logits[m], targets[m]) for m in self.modalities}

@@ -1,8 +1,9 @@
 """QMF: quality-aware multimodal fusion with confidence ranked by each sample's loss history.
 
 Zhang, Wu, Hu, Zhang, Fu, Zhou & Peng, "Provable Dynamic Fusion for Low-Quality Multimodal Data",
-ICML 2023. Reference code: QingyangZhang/QMF:RGBD-scene-recognition/models/QMF.py (`forward`),
-train_QMF_nyud2.py (`rank_loss`, `model_forward_train`) and utils/crl_utils.py (`History`).
+ICML 2023. Reference code: QingyangZhang/QMF@fe6c4c6 RGBD-scene-recognition/models/QMF.py:53-76
+(`forward`), train_QMF_nyud2.py:57-77 (`rank_loss`), 79-109 (`model_forward_train`), 42 (`--lamb`) and
+utils/crl_utils.py:17-70 (`History`).
 
 Each modality m has its own head f_m on encoder features (the model's fusion module is not used):
     z_m = f_m(h_m),   w_m(x) = −0.1 · E_m(x) = 0.1 · logsumexp_k z_{m,k}   (energy confidence, per sample)
@@ -26,7 +27,11 @@ Deviations and extensions:
   weighted mean: a weighted sum of scalar predictions would change their scale);
 - segmentation: the energy is taken per pixel, ŷ = Σ_m w_m ⊙ z_m per pixel, and the per-sample
   confidence ranked against the history is the mean over pixels;
-- one optimizer for encoders and heads (the loop's), as the reference; no gradient accumulation.
+- one optimizer for encoders and heads (the loop's), as the reference; no gradient accumulation;
+- order: the released step ranks against the history *before* adding this batch's losses
+  (train_QMF_nyud2.py:100-105); ours adds them first, so the batch's own losses are in the ranking
+  and the very first step has a defined, non-empty history (the released one is all zeros then, and
+  its min-max normalisation divides 0 by 0).
 """
 from __future__ import annotations
 

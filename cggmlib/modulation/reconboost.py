@@ -1,8 +1,9 @@
 """ReconBoost: boosting-like alternation of unimodal learners with a reconcilement term.
 
 Hua, Xu, Bao, Jiang, Wang, Huang & Yang, "ReconBoost: Boosting Can Achieve Modality Reconcilement",
-ICML 2024. Reference code: huacong/ReconBoost:train.py (`main`, phases 1 and 2), models/dynamic_net.py
-(`DynamicNet`), schedule.py (fixed round-robin); also GeWu-Lab/BalanceBenchmark:
+ICML 2024. Reference code: huacong/ReconBoost@14ab57a train.py:156-380 (`main`: defaults 57-77,
+boosting phase 304-351 with the GA term at 349, rectification 371-372), models/dynamic_net.py
+(`DynamicNet`), schedule.py (fixed round-robin); also GeWu-Lab/BalanceBenchmark@4c1482f
 balancemm/trainer/ReconBoost_trainer.py.
 
 Learner m is encoder m plus its own head: f_m(x) = head_m(φ_m(x_m)). The ensemble is
@@ -19,17 +20,21 @@ Stages are mapped onto the loop's steps: boosting takes round(stage_epochs · ba
 steps, rectification round(rectify_epochs · batches per epoch); the loop's optimizer steps whatever
 received a gradient. `predict` is F over the added learners (all learners before any was added).
 
+Schedule as released: 4 boosting + 4 rectification epochs per stage (`--epochs_per_stage`,
+`--correct_epoch`); with a 10–30-epoch budget that visits each of two modalities only once or twice,
+so short runs may set stage_epochs = rectify_epochs = 1 (our earlier default).
+
+Options that differ from the released code (off by default):
+- `ga_gradient`: let the GA term's gradient flow through f_m (the paper's intent). The released code
+  detaches both sides of its MSE (train.py:349), so the term is logged but adds no gradient.
+
 Deviations:
-- stage lengths 1 + 1 epochs by default (reference: 4 + 4 epochs per stage for up to 1000 stages),
-  so a 10–30-epoch budget visits every modality several times;
 - one head per modality (the reference's `common_space=False` option; its default shares one head,
   which needs equal feature sizes) and the loop's optimizer for both phases (the reference builds
   a fresh SGD per phase, so momentum restarts each stage);
 - ℓ is the task's per-sample loss and q its per-sample `score` (regression: exp(−|error|);
   segmentation: mean pixel probability of the true class); the reference's CE is averaged over the
   class dimension (a constant 1/C scale we drop);
-- GA term: the reference detaches both sides of its MSE, so it adds no gradient; here the gradient
-  flows through f_m (the paper's intent). alpha=0 reproduces the released code;
 - the empty ensemble predicts 0 (the reference uses a random constant c₀ broadcast to one column);
 - β starts at 1 (reference) for classification/segmentation and at 1/M for regression, so that
   the sum of M unimodal regressors starts as their mean.
@@ -69,10 +74,13 @@ class ReconBoost(Strategy):
     """w₂: weight of the reconcilement with the rest of the ensemble (reference `--weight2` 1.0)"""
     alpha: float = 0.5
     """α: weight of the GA term towards the previous stage's learner (reference `--alpha` 0.5)"""
-    stage_epochs: float = 1.0
+    stage_epochs: float = 4.0
     """length of each boosting phase in epochs (reference `--epochs_per_stage` 4)"""
-    rectify_epochs: float = 1.0
+    rectify_epochs: float = 4.0
     """length of each global rectification phase in epochs (reference `--correct_epoch` 4)"""
+    ga_gradient: bool = False
+    """let the GA term's gradient reach f_m; off: it is computed on detached predictions and adds no
+    gradient, as the released code (train.py:349 detaches both sides)"""
 
     min_modalities = 2
 
@@ -147,7 +155,8 @@ class ReconBoost(Strategy):
         self._stats |= {f"weight/{m}": weight.mean(), f"loss_head/{m}": own.detach().mean()}
         if stage > 0 and self.alpha:
             prev = self.modalities[(index - 1) % len(self.modalities)]
-            ga = (_probabilities(preds[m], self.task) - _probabilities(preds[prev].detach(), self.task)).pow(2).mean()
+            own_pred = preds[m] if self.ga_gradient else preds[m].detach()
+            ga = (_probabilities(own_pred, self.task) - _probabilities(preds[prev].detach(), self.task)).pow(2).mean()
             loss = loss + self.alpha * ga
             self._stats["loss_ga"] = ga.detach()
         return loss

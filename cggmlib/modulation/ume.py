@@ -1,8 +1,10 @@
 """UME: uni-modal ensemble, averaging the predictions of separately trained unimodal models.
 
 Du, Teng, Wang, Yang, Li, Gao, Chen, Zhao & Wei, "On Uni-Modal Feature Learning in Supervised
-Multi-Modal Learning", ICML 2023. Reference code: none indexed for UME itself; the teachers follow
-GeWu-Lab/BalanceBenchmark:balancemm/trainer/UMT_trainer.py (unimodal checkpoints per modality).
+Multi-Modal Learning", ICML 2023. Reference code: none found for UME (searched the stored GitHub
+index and code search for the paper title, "UME", "uni-modal ensemble"; BalanceBenchmark@4c1482f has no
+UME trainer); the teachers follow GeWu-Lab/BalanceBenchmark@4c1482f
+balancemm/trainer/UMT_trainer.py (unimodal checkpoints per modality).
 
 Each modality's model is trained alone first (`teachers.py`: `Unimodal` through the same loop,
 cached), then frozen; the prediction combines them with weights w_m (Σ w_m = 1):

@@ -1,8 +1,10 @@
 """UMT: uni-modal teacher, distilling each encoder's features towards a frozen unimodal model's.
 
 Du, Teng, Wang, Yang, Li, Gao, Chen, Zhao & Wei, "On Uni-Modal Feature Learning in Supervised
-Multi-Modal Learning", ICML 2023. Reference code: GeWu-Lab/BalanceBenchmark:
-balancemm/trainer/UMT_trainer.py (`training_step`).
+Multi-Modal Learning", ICML 2023. Reference code: no release by the authors found (searched the stored
+GitHub index and code search for the paper title, "UMT", "uni-modal teacher"); the re-implementation
+GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/UMT_trainer.py:130-148 (`training_step`) with
+configs/trainer_config.yaml:62-66.
 
     L = L_task(ŷ, y) + α · Σ_m MSE(φ_m(x^m), φ̂_m(x^m))
 where φ̂_m is the encoder of a unimodal model of modality m, trained first with `unimodal` and
@@ -10,8 +12,9 @@ frozen (see `teachers.py`: trained through the same loop, cached under `teacher_
 
 Deviations: the teachers are copies of this model's own encoders trained by `Unimodal` for
 `teacher_epochs` epochs of this dataset's `teacher_preset` (the reference loads the newest checkpoint
-of its own `unimodalTrainer` runs); α defaults to 1 (the paper's value per dataset is not in the
-reference notes); distillation is active in every epoch (BalanceBenchmark: a modulation window).
+of its own `unimodalTrainer` runs); α defaults to 1, where BalanceBenchmark weights the MSE by its
+`scaling` = 10 (its `alpha: 1` is read by nothing in the UMT trainer); distillation is active in every
+epoch, where BalanceBenchmark applies it in epochs 0..80 (`modulation_starts`/`modulation_ends`).
 """
 from __future__ import annotations
 
