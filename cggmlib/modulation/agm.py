@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from ..models.base import modality_parameters
 from .base import Strategy
 
 #: −log(1e-8): the official score clips p_y at 1e-8
@@ -154,7 +155,7 @@ class AGM(Strategy):
         applied = coeff if active else torch.ones_like(coeff)
         if active:
             for m, k in zip(self.modalities, coeff):
-                for p in model.encoders[m].parameters():
+                for p in modality_parameters(model, m):
                     if p.grad is not None:
                         p.grad.mul_(k.to(p.grad.dtype))
         for i, m in enumerate(self.modalities):

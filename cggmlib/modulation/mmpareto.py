@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.base import modality_parameters
 from .base import Strategy
 
 
@@ -92,7 +93,7 @@ class MMPareto(Strategy):
         self._stats = {f"loss_head/{m}": l.detach() for m, l in uni.items()}
         self._uni_grads = None
         if epoch >= self.start_epoch:
-            params = {m: [p for p in model.encoders[m].parameters() if p.requires_grad] for m in self.modalities}
+            params = {m: [p for p in modality_parameters(model, m) if p.requires_grad] for m in self.modalities}
             flat = [p for m in self.modalities for p in params[m]]
             grads = torch.autograd.grad(total_uni, flat, retain_graph=True, allow_unused=True)
             grads = iter(grads)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models.base import Output
+from ..models.base import Output, modality_parameters
 from .base import Strategy
 from .unimodal import unimodal_responses
 
@@ -114,7 +114,7 @@ class MSLR(Strategy):
             return
         with torch.no_grad():
             for m, before in self.pending.items():
-                for p, b in zip(model.encoders[m].parameters(), before):
+                for p, b in zip(modality_parameters(model, m), before):
                     p.lerp_(b.to(p.dtype), 1.0 - self.scale[m])
         self.pending = None
 
@@ -136,7 +136,7 @@ class MSLR(Strategy):
 
     def after_backward(self, model, batch, out, epoch: int) -> dict:
         stats = super().after_backward(model, batch, out, epoch)
-        self.pending = {m: [p.detach().clone() for p in model.encoders[m].parameters()]
+        self.pending = {m: [p.detach().clone() for p in modality_parameters(model, m)]
                         for m, s in self.scale.items() if s != 1.0}
         return stats | {f"lr_scale/{m}": s for m, s in self.scale.items()}
 

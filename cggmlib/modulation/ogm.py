@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from ..models.base import modality_parameters
 from .base import Strategy
 from .unimodal import shares_or_responses
 
@@ -105,7 +106,7 @@ class OGM(Strategy):
         active = self.active(epoch)
         if active:
             for m, k in zip(self.modalities, coeff):
-                for p in model.encoders[m].parameters():
+                for p in modality_parameters(model, m):
                     if p.grad is None:
                         continue
                     if self.noise:
