@@ -125,10 +125,20 @@ def dice_from_counts(counts: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return (counts[..., 0] + 2 * eps) / (counts[..., 1] + 2 * eps)
 
 
-def mean_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Mean of Dice(ET), Dice(TC), Dice(WT) over the slices of a batch, as the official `train_eval_seg`.
+def mean_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-3,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean of Dice(ET), Dice(TC), Dice(WT) over the slices of a batch, as the released `train_eval_seg`.
 
     logits: (B, C, H, W); target: (B, H, W) class indices. Returns a 0-d tensor on their device.
+    Computed in `dtype`, operation for operation as zrguo/CGGM@21e428c src/eval_metrics.py:129–142
+    (per slice 2·(|P∩T| + ε) / (|P| + |T| + 2ε), averaged over slices, then (ET + TC + WT) / 3), so
+    that CGGM's official ε rounds as the released float32 one does.
     """
-    counts = dice_counts(logits.argmax(dim=1), target)
-    return torch.stack([dice_from_counts(c, eps).mean() for c in counts.values()]).mean().float()
+    p, t = region_masks(logits.argmax(dim=1)), region_masks(target)
+    dims = tuple(range(1, target.dim()))
+
+    def dice(region: str) -> torch.Tensor:
+        o, g = p[region].to(dtype), t[region].to(dtype)
+        return (2 * ((o * g).sum(dims) + eps) / (o.sum(dims) + g.sum(dims) + eps * 2)).mean()
+
+    return (dice("et") + dice("tc") + dice("wt")) / 3

@@ -129,7 +129,7 @@ class Segmentation:
 
     def step_metric(self, pred, target, dtype=torch.float32):
         """ε in the official code and the paper: mean of Dice(ET), Dice(TC), Dice(WT) of the batch."""
-        return M.mean_dice(pred, target).to(dtype)
+        return M.mean_dice(pred, target, dtype=dtype)
 
     paper_metric = step_metric
 
