@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.base import fused_output_layer
 from .base import Strategy
-from .classifiers import ModalityClassifiers, cosines
+from .classifiers import cosines
 from .overlap import Overlap
 
 VARIANTS = ("official", "paper")
@@ -108,9 +108,7 @@ class CGGM(Strategy):
         return True
 
     def setup(self, model, data) -> None:
-        super().setup(model, data)
-        if self.classifiers_override is not None:
-            self.classifiers = ModalityClassifiers.for_strategy(self, model, heads=self.classifiers_override)
+        super().setup(model, data)  # builds and checks the classifiers (classifiers_override included)
         self.fused = fused_output_layer(model)
         self.encoder_params = {m: list(model.encoders[m].parameters()) for m in self.modalities}
         self.pending = None  # official: (B, vec W_fused (K,), W_f_m stacked (M, K)) of step t → L_gm at t + 1
