@@ -124,7 +124,7 @@ class Context:
                              "gradient_batches": self.profile.gradient_batches,
                              "cache_dir": str(self.root / "datasets")}
         if step.kind == "explainer":
-            return common | {"out_dir": str(self.root / "quickstart"), "figures_dir": str(self.root / "figures")}
+            return common | {"out_dir": str(self.root / step.groups[0]), "figures_dir": str(self.root / "figures")}
         return common | {"profile": self.profile.name, "results": str(self.results), "ledger_path": self.ledger}
 
 
@@ -139,7 +139,7 @@ def run_step(ctx: Context, step: Step) -> dict:
             prepare_run_dir(ctx, step, status)
         if step.kind == "data" and data_prepared(ctx, step):
             return record | {"status": "skipped"}
-        if step.kind == "explainer" and ctx.output(step).exists() and (ctx.root / "quickstart/cggm/metrics.json").exists():
+        if step.kind == "explainer" and ctx.output(step).exists() and (ctx.root / step.groups[0] / step.done).exists():
             return record | {"status": "skipped"}
         record["seconds"] = round(execute(ctx.notebooks / step.notebook, ctx.output(step), ctx.parameters(step),
                                           cwd=ctx.results.parent, env=KERNEL_ENV | {"OMP_NUM_THREADS": ctx.threads}), 2)

@@ -78,7 +78,7 @@ class Profile:
     """CPU threads per job (None: cores / jobs); tiny CPU models run fastest on one thread per job"""
     description: str = ""
     explainers: bool = True
-    """also run the explainer notebooks (00_quickstart), which train their own toy example"""
+    """also run the explainer notebooks (00_quickstart, 80_your_model), which train their own small examples"""
 
     def epochs_for(self, dataset: str) -> int | None:
         return self.epochs.get(dataset)
@@ -232,6 +232,8 @@ class Step:
     """paper items it writes: fig2 … fig7, table1 … table8"""
     dataset: str | None = None
     spec: RunSpec | None = None
+    done: str = ""
+    """explainers: the file, under their folder <profile>/<groups[0]>/, whose presence means complete"""
 
 
 DATA_STEPS = tuple(Step(f"01_data_{d}", f"01_data_{d}.ipynb", "data", dataset=d) for d in PAPER_DATASETS)
@@ -248,8 +250,9 @@ REPORTS = (
 )
 
 
-#: trains its own toy example (seconds): run with the reports, never in render-only mode
-EXPLAINERS = (Step("00_quickstart", "00_quickstart.ipynb", "explainer", ("quickstart",)),)
+#: each trains its own small example (about a minute): run with the reports, never in render-only mode
+EXPLAINERS = (Step("00_quickstart", "00_quickstart.ipynb", "explainer", ("quickstart",), done="cggm/metrics.json"),
+              Step("80_your_model", "80_your_model.ipynb", "explainer", ("your_model",), done="summary.json"))
 
 
 def worker_step(spec: RunSpec) -> Step:

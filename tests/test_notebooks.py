@@ -46,6 +46,24 @@ def test_quickstart_runs_and_writes_runs_and_figures(tmp_path):
         assert (out / "figures" / f"quickstart_dynamics.{ext}").stat().st_size > 10_000
 
 
+@pytest.mark.notebook
+def test_your_model_notebook_runs_joint_cggm_and_a_baseline_and_writes_its_summary(tmp_path):
+    out = tmp_path / "your_model"
+    pm.execute_notebook(ROOT / "notebooks/80_your_model.ipynb", tmp_path / "executed.ipynb",
+                        parameters={"epochs": 2, "seeds": [0], "knob_grid": {"lam": [0.0]}, "out_dir": str(out),
+                                    "threads": 1}, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test_acc"]) == {"joint", "cggm", "ogm_ge"}
+    assert all(0.5 < acc <= 1.0 for acc in summary["test_acc"].values())  # 10 classes: far above chance
+    assert {summary["weak"], summary["strong"]} == {"fac", "mor"}
+    factors = [v for k, v in summary["changed"].items() if k.startswith("mean gradient factor")]
+    assert len(factors) == 2 and all(0.0 <= f <= 1.3 for f in factors)  # guarded: ρ·B_m with B_m in [0, 1]
+    assert [k["knob"] for k in summary["knobs"]] == ["(section 3)", "lam"]
+    for run in ("joint", "cggm", "ogm_ge"):
+        assert (out / run / "seed0" / "checkpoint.pt").exists()
+    assert (out / "figures" / "your_model_dynamics.png").stat().st_size > 10_000
+
+
 # --- cggm reproduce end to end (profile `ci`: the smoke profile's smallest grid) --------------------------
 # One session-scoped fixture runs the pipeline three times into a temporary results folder: a run killed
 # with SIGKILL once three runs are complete, the rerun that finishes its data and training steps (two

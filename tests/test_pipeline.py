@@ -61,8 +61,11 @@ def test_plan_order_only_and_render_only():
     kinds = [s.kind for s in steps]
     assert kinds == sorted(kinds, key=["data", "worker", "explainer", "report"].index)
     assert "00_quickstart" not in [s.name for s in steps]  # ci: the quickstart has its own test
-    assert [s.name for s in pipeline.plan(pipeline.get_profile("smoke")) if s.kind == "explainer"] == ["00_quickstart"]
+    assert [s.name for s in pipeline.plan(pipeline.get_profile("smoke")) if s.kind == "explainer"] == \
+        ["00_quickstart", "80_your_model"]
     assert [s.name for s in pipeline.plan(ci, ["quickstart"])] == ["00_quickstart"]
+    assert [s.name for s in pipeline.plan(ci, ["80"])] == [s.name for s in pipeline.plan(ci, ["your_model"])] == \
+        ["80_your_model"]
     only = pipeline.plan(ci, ["table6"])
     assert [s.name for s in only if s.kind != "worker"] == ["01_data_iemocap", "40_ablations"]
     # 40_ablations also draws Figure 5, whose ci sweep is the main CGGM run (ρ 1.3, λ 0.2)

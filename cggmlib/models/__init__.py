@@ -6,6 +6,7 @@ from torch import nn
 from ..errors import ConfigError
 from .base import MultimodalModel, Output, check_encoders, fused_output_layer
 from .food import FOOD_ORDER, FoodModel
+from .fusion import FUSIONS, FusionModel, mlp_encoders
 from .mlp import LateFusionMLP
 from .msa import MSA_ORDER, MSAModel, ordered
 
@@ -60,5 +61,6 @@ def build_model(name: str, data, preset: str = "smoke", **overrides) -> nn.Modul
     return MODELS[name](data, **(model_kwargs(name, preset) | overrides))
 
 
-__all__ = ["MODELS", "DeepLabMultiInput", "FoodModel", "LateFusionMLP", "MSAModel", "MultiEncoderUNet",
-           "MultimodalModel", "Output", "build_model", "check_encoders", "fused_output_layer"]
+__all__ = ["FUSIONS", "MODELS", "DeepLabMultiInput", "FoodModel", "FusionModel", "LateFusionMLP", "MSAModel", "MultiEncoderUNet",
+           "MultimodalModel", "Output", "build_model", "check_encoders", "fused_output_layer",
+           "mlp_encoders"]

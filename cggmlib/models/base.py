@@ -67,6 +67,18 @@ class MultimodalModel(nn.Module):
         return None
 
 
+def pool_feature(feature: torch.Tensor) -> torch.Tensor:
+    """(B, D) as is; (B, T, D) mean over T; (B, C, H, W) mean over H, W: one vector per sample."""
+    if feature.dim() not in (2, 3, 4):
+        raise ConfigError(f"cannot pool a feature of shape {tuple(feature.shape)}; expected (B, D), (B, T, D) "
+                          "or (B, C, H, W)")
+    return feature.mean(POOL_DIMS[feature.dim()]) if feature.dim() > 2 else feature
+
+
+#: feature rank -> the dimensions `pool_feature` averages over
+POOL_DIMS = {3: (1,), 4: (2, 3)}
+
+
 def fused_output_layer(model: nn.Module) -> nn.Module:
     """The model's fused output layer: `model.out_layer` (or `model.classifier`, the STYLE name)."""
     for name in ("out_layer", "classifier"):

@@ -45,7 +45,10 @@ class Strategy:
         """
         self.task = getattr(data, "task", data)
         self.modalities = check_encoders(model, self.min_modalities)
-        self.classifiers = ModalityClassifiers.for_strategy(self, model) if self.uses_classifiers() else None
+        self.classifiers = None
+        if self.uses_classifiers():  # built, and shape-checked on the first training batch, here
+            heads = getattr(self, "classifiers_override", None)
+            self.classifiers = ModalityClassifiers.for_strategy(self, model, heads=heads, data=data)
 
     def uses_classifiers(self) -> bool:
         return self.observe

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.base import fused_output_layer, modality_parameters
 from .base import Strategy
-from .classifiers import ModalityClassifiers, cosines
+from .classifiers import cosines
 from .coefficients import balance_coefficients, direction_loss, guarded_balance_coefficients
 from .overlap import VERIFIED as OVERLAP_VERIFIED
 from .overlap import Overlap
@@ -84,7 +84,8 @@ class CGGM(Strategy):
     warmup_epochs: int = 0
     """epochs during which the classifiers learn but nothing is modulated (0 as in the released code)"""
     classifiers_override: dict | None = field(default=None, repr=False)
-    """your own classifiers f_m {modality: module with `.out_layer`}; default: model.modality_classifier(m)"""
+    """your own classifiers f_m {modality: module with `.out_layer`}; default: model.modality_classifier(m),
+    else a default head ending in an output layer shaped like the fused one (docs/your_model.md)"""
     scaled: str | None = None
     """which parameters ρ·B_m rescales: released (what the released code rescales; nothing on BraTS) |
     encoder (every parameter of encoders[m]). None: released under official, encoder under paper"""
@@ -123,9 +124,7 @@ class CGGM(Strategy):
         return True
 
     def setup(self, model, data) -> None:
-        super().setup(model, data)
-        if self.classifiers_override is not None:
-            self.classifiers = ModalityClassifiers.for_strategy(self, model, heads=self.classifiers_override)
+        super().setup(model, data)  # builds and checks the classifiers (classifiers_override included)
         self.fused = fused_output_layer(model)
         self.encoder_params = {m: scaled_parameters(model, m, self.resolved["scaled"]) for m in self.modalities}
         released = self.resolved["precision"] == "released"

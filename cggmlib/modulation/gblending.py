@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Strategy
-from .classifiers import make_optimizer
+from .classifiers import make_optimizer, unimodal_heads
 
 ESTIMATES = ("copy", "trajectory")
 FUSED = "fused"
@@ -108,11 +108,7 @@ class GBlending(Strategy):
 
     def setup(self, model, data) -> None:
         super().setup(model, data)
-        try:
-            heads = {m: model.modality_classifier(m) for m in self.modalities}
-        except (AttributeError, NotImplementedError):
-            raise ConfigError(f"gblending: {type(model).__name__} defines no modality_classifier(m), which gives "
-                              "G-Blending its per-modality heads; add one to the model") from None
+        heads = unimodal_heads(model, data, "gblending")
         self.heads = nn.ModuleDict(heads).to(next(model.parameters()).device)
         self.weights = {k: 1 / (len(self.modalities) + 1) for k in [*self.modalities, FUSED]}
         self.previous = None  # trajectory: head losses at the last super-epoch boundary

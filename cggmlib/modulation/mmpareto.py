@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.base import modality_parameters
 from .base import Strategy
+from .classifiers import unimodal_heads
 
 
 def min_norm_weight(v11: torch.Tensor, v12: torch.Tensor, v22: torch.Tensor) -> torch.Tensor:
@@ -76,11 +77,8 @@ class MMPareto(Strategy):
 
     def setup(self, model, data) -> None:
         super().setup(model, data)
-        if not hasattr(model, "modality_classifier"):
-            raise ConfigError(f"mmpareto needs model.modality_classifier(m) for its unimodal heads; "
-                              f"{type(model).__name__} has none")
         device = next(model.parameters()).device
-        self.heads = nn.ModuleDict({m: model.modality_classifier(m) for m in self.modalities}).to(device)
+        self.heads = nn.ModuleDict(unimodal_heads(model, data, "mmpareto")).to(device)
         self._uni_grads, self._stats = None, {}
 
     def parameters(self) -> list:

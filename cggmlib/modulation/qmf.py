@@ -44,6 +44,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.base import Output
 from .base import Strategy
+from .classifiers import unimodal_heads
 
 
 def energy_confidence(logits: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -85,12 +86,9 @@ class QMF(Strategy):
 
     def setup(self, model, data) -> None:
         super().setup(model, data)
-        if not hasattr(model, "modality_classifier"):
-            raise ConfigError(f"qmf needs model.modality_classifier(m) for its unimodal heads; "
-                              f"{type(model).__name__} has none")
         device = next(model.parameters()).device
-        self.heads = nn.ModuleDict({m: model.modality_classifier(m) for m in self.modalities}).to(device)
-        self.conf_heads = nn.ModuleDict({m: model.modality_classifier(m) for m in self.modalities}).to(device) \
+        self.heads = nn.ModuleDict(unimodal_heads(model, data, "qmf")).to(device)
+        self.conf_heads = nn.ModuleDict(unimodal_heads(model, data, "qmf")).to(device) \
             if self.task.kind == "regression" else None
         self.history = {m: torch.zeros(0, device=device) for m in self.modalities}  # Σ loss per sample id
         self._stats = {}

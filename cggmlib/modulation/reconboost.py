@@ -49,6 +49,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.base import Output
 from .base import Strategy
+from .classifiers import unimodal_heads
 
 
 def reconcile_weights(ensemble_confidence: torch.Tensor, w1: float, w2: float) -> torch.Tensor:
@@ -98,11 +99,8 @@ class ReconBoost(Strategy):
 
     def setup(self, model, data) -> None:
         super().setup(model, data)
-        if not hasattr(model, "modality_classifier"):
-            raise ConfigError(f"reconboost needs model.modality_classifier(m) for its learners' heads; "
-                              f"{type(model).__name__} has none")
         device = next(model.parameters()).device
-        self.heads = nn.ModuleDict({m: model.modality_classifier(m) for m in self.modalities}).to(device)
+        self.heads = nn.ModuleDict(unimodal_heads(model, data, "reconboost")).to(device)
         init = 1.0 / len(self.modalities) if self.task.kind == "regression" else 1.0
         self.boost_rate = nn.Parameter(torch.tensor(init, device=device))
         if not hasattr(data, "train"):

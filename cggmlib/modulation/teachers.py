@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .classifiers import unimodal_heads
 from .unimodal import Unimodal
 
 DEFAULT_CACHE = Path("results") / ".cache" / "teachers"
@@ -136,7 +137,7 @@ def unimodal_teachers(model, data, *, epochs: int | None = None, seed: int = 0, 
         else:
             state = train_teacher(model, data, m, epochs=epochs, seed=seed, preset=preset)
             atomic_torch_save(state, path)
-        encoder, head = copy.deepcopy(model.encoders[m]), model.modality_classifier(m)
+        encoder, head = copy.deepcopy(model.encoders[m]), unimodal_heads(model, data, "teachers", [m])[m]
         encoder.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         teachers[m] = Teacher(m, encoder, head, state.get("metrics")).to(device)

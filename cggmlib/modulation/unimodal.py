@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.base import Output
 from .base import Strategy
+from .classifiers import unimodal_heads
 
 
 def keep_only(features: dict[str, torch.Tensor], keep: str) -> dict[str, torch.Tensor]:
@@ -88,11 +89,7 @@ class Unimodal(Strategy):
         if self.head_override is not None:
             head = self.head_override
         else:
-            try:
-                head = model.modality_classifier(self.m)
-            except (AttributeError, NotImplementedError):
-                raise ConfigError(f"unimodal: {type(model).__name__} defines no modality_classifier(m); pass "
-                                  "head_override=<module reading features[m]>") from None
+            head = unimodal_heads(model, data, "unimodal", [self.m])[self.m]
         self.head = head.to(next(model.parameters()).device)
 
     def forward(self, model, batch, epoch: int) -> Output:
