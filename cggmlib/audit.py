@@ -1,5 +1,6 @@
-"""The audit of the official CGGM code: every deviation of reference §2, the coefficient's explosions,
-and the BraTS run whose magnitude scaling touches no parameter.
+"""The audit of the released CGGM code: every deviation (docs/methods.md), the coefficient's
+explosions, the BraTS run whose magnitude scaling touches no parameter, and the measured effect of
+each of our corrections of the released method (`fixes`).
 
 Guo et al., NeurIPS 2024. Reference code: zrguo/CGGM (commit 21e428c): src/msatrain.py, src/foodtrain.py,
 src/segtrain.py (the scaling loop that matches `'vision_encoder' in name`), src/eval_metrics.py.
@@ -14,7 +15,7 @@ import torch
 #: the official code's parameter selection for the magnitude step (src/foodtrain.py, copied into src/segtrain.py)
 OFFICIAL_SUBSTRINGS = ("vision_encoder", "text_encoder")
 
-#: reference §2, one row per deviation: what the released code does, what the companion does, where it is shown
+#: one row per deviation (docs/methods.md): what the released code does, what the companion does, where it is shown
 DEVIATIONS = [
     ("D1", "cosine of output-layer weights, not gradients", "official: weights (as released); paper: gradients",
      "60_audit: cos_weight vs cos_grad from the traces"),
@@ -28,22 +29,33 @@ DEVIATIONS = [
     ("D6", "no shuffling of training data", "seeded reshuffle every epoch (loaders' shuffle=False restores it)",
      "explained: data cards"),
     ("D7", "modality counts hard-coded (3, 2, 4)", "any number of modalities, dict keyed by name", "explained"),
-    ("D8", "encoders selected by name substring (MSA projections not scaled)", "structural: model.encoders[m]",
-     "60_audit: parameters matched by name vs by structure"),
+    ("D8", "encoders selected by name substring (MSA/Food projections not scaled)",
+     "official: the same selection (scaled='released'); scaled='encoder' also scales each projection",
+     "60_audit: corrections table; tests/test_cggm_released.py"),
     ("D9", "modulation before gradient clipping", "the same order", "cggmlib/train.py"),
     ("D10", "DataParallel re-wrapped per batch; CUDA hard-coded", "one device, CPU or CUDA", "explained"),
     ("D11", "README flag --lambda vs argparse --lamda; PYTHONPATH", "Config fields rho and lam; a package", "explained"),
     ("D12", "printed losses per batch; plateau patience taken from `when`", "per-sample mean losses; the same "
      "ReduceLROnPlateau (x0.1, patience 10)", "explained: cggmlib/optim.py"),
     ("D13", "seed 666, set after the MOSI loaders", "seed per run, set before data, model and loop", "run cards"),
-    ("2.2", "MSA classifier applies proj1 twice; one 4-way IEMOCAP head", "proj1 then proj2 in the classifier; "
-     "the same 4-way head", "cggmlib/models/msa.py docstring"),
+    ("2.2", "MSA classifier applies proj1 twice; one 4-way IEMOCAP head", "official: the same head "
+     "(classifier_head='released'); classifier_head='two_layer': proj1 → proj2; the same 4-way head",
+     "60_audit: corrections table; cggmlib/models/msa.py docstring"),
     ("2.3", "Food101 text through the vision projection; test-set selection; no ViT normalisation",
-     "dev split; ViT normalisation (option); see data_cards/food101.md", "explained: data card"),
+     "the same projection (model option text_projection='image'; 'own' is the correction); dev split; "
+     "ViT normalisation (option); see data_cards/food101.md", "60_audit: corrections table; data card"),
+    ("P", "ε (scikit-learn accuracy) and B in float64; the BraTS Dice in float32",
+     "official: the same dtypes (precision='released'); precision='float32' everywhere",
+     "60_audit: corrections table; tests/test_cggm_released.py (cancelling gains)"),
+    ("W", "BraTS LR warm-up np.linspace(start, base, W): base rate at step W − 1",
+     "the same (Config lr_warmup='linspace'); 'exclusive' reaches it at step W", "60_audit: corrections table"),
+    ("S", "soft Dice 2I / (P + T + s)", "the same; task option smooth_numerator=True: (2I + s) / (P + T + s)",
+     "60_audit: corrections table"),
     ("2.4", "IEMOCAP audio padded to 350 frames; BraTS random slice at evaluation",
      "per-batch padding; a fixed evaluation slice per case (official protocol) or every slice", "data cards"),
     ("2.5a", "BraTS magnitude scaling matches no parameter (direction-only CGGM)",
-     "structural selection scales all four encoders; cggm.as_released reproduces the bug", "60_audit: reproduced and fixed"),
+     "official: the same (nothing scaled); scaled='encoder' scales all four encoders",
+     "60_audit: reproduced, and the correction's effect"),
     ("2.5b", "BraTS best Dice never updates (prints Dice: 0)", "per-region Dice of the selected epoch", "60_audit: metrics"),
     ("2.5c", "SegLoss 0.5·CE + 0.5·(1 − Dice) vs paper Dice + 1·CE", "the code's 0.5/0.5 (task option)", "cggmlib/tasks.py"),
     ("§9", "paper: ρ inside B, ε = MAE for regression, gradient cosine", "variant='paper' implements them",
@@ -90,7 +102,37 @@ def explosions(steps: pd.DataFrame, big: float = 10.0) -> dict:
 
 
 VARIANT_NAMES = {"cggm": "official", "cggm.paper": "paper", "cggm.guard": "official + guard",
-                 "cggm.paper_guard": "paper + guard", "cggm.as_released": "official as released on BraTS (no magnitude)"}
+                 "cggm.paper_guard": "paper + guard"}
+#: our corrections of the released method (cggmlib.pipeline.FIXES): label -> (what differs, the option)
+FIX_NAMES = {
+    "cggm.fix_scaled": ("which parameters ρ·B scales", "scaled='encoder'"),
+    "cggm.fix_head": ("classifier head applies proj1 twice", "classifier_head='two_layer'"),
+    "cggm.fix_precision": ("ε and B in float64", "precision='float32'"),
+    "cggm.fix_text_projection": ("Food text through the image projection", "model text_projection='own'"),
+    "cggm.fix_warmup": ("LR warm-up reaches base at W − 1", "lr_warmup='exclusive'"),
+    "cggm.fix_dice": ("soft Dice without smoothing above", "task smooth_numerator=True"),
+}
+
+
+def fixes(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each correction beside the official run of the same dataset and seed: the test metric at the
+    selected epoch with and without it, and the difference. Missing runs are listed as such."""
+    done = runs[runs["done"]] if len(runs) else runs
+    official = {(r.dataset, r.seed): r.metrics for r in done.itertuples() if r.label == "cggm"}
+    rows = []
+    for r in done.itertuples():
+        if r.label not in FIX_NAMES or (r.dataset, r.seed) not in official:
+            continue
+        m, base = r.metrics, official[(r.dataset, r.seed)]
+        select = m.get("selected_on", "val/acc").split("/", 1)[1]
+        what, option = FIX_NAMES[r.label]
+        rows.append({"released behaviour": what, "correction": option, "dataset": r.dataset, "seed": r.seed,
+                     "metric": select, "official": _sig(base.get(select, math.nan)),
+                     "with the correction": _sig(m.get(select, math.nan)),
+                     "difference": _sig(m.get(select, math.nan) - base.get(select, math.nan)), "stand-in": r.standin})
+    columns = ["released behaviour", "correction", "dataset", "seed", "metric", "official", "with the correction",
+               "difference", "stand-in"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def variants(runs: pd.DataFrame) -> pd.DataFrame:
@@ -147,5 +189,6 @@ def _max(series) -> float:
     return float(series.max()) if len(series) else math.nan
 
 
-__all__ = ["DEVIATIONS", "OFFICIAL_SUBSTRINGS", "VARIANT_NAMES", "deviations", "explosions", "name_matched",
+__all__ = ["DEVIATIONS", "FIX_NAMES", "OFFICIAL_SUBSTRINGS", "VARIANT_NAMES", "deviations", "explosions", "fixes",
+           "name_matched",
            "official_name_scaling", "scaling_comparison", "variants"]

@@ -40,7 +40,9 @@ class Config:
     data_kwargs: dict = field(default_factory=dict)
     """dataset options, e.g. {"fold": 3} for IEMOCAP or {"num_modalities": 4} for synthetic"""
     model_kwargs: dict = field(default_factory=dict)
-    """overrides of the preset's model size"""
+    """overrides of the preset's model size and options, e.g. {"text_projection": "own"} for Food-101"""
+    task_kwargs: dict = field(default_factory=dict)
+    """options of the dataset's task, e.g. {"smooth_numerator": True} for the BraTS soft Dice"""
     epochs: int | None = None
     batch_size: int | None = None
     optimizer: str | None = None
@@ -77,7 +79,7 @@ class Config:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {sorted(STRATEGIES)}")
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {list(PRESETS)}")
-        for name in ("strategy_kwargs", "data_kwargs", "model_kwargs"):
+        for name in ("strategy_kwargs", "data_kwargs", "model_kwargs", "task_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         preset = CUSTOM_TRAIN if self.dataset == CUSTOM else train_kwargs(self.dataset, self.preset)

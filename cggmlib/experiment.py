@@ -2,12 +2,13 @@
 `cggm train` take. `cggm reproduce` reuses a completed folder whose configuration matches."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .analysis import evaluate_classifiers
 from .config import Config
 from .data import load_data
-from .errors import ResultsError
+from .errors import ConfigError, ResultsError
 from .models import build_model
 from .modulation import make_strategy
 from .distributed import is_main_process
@@ -32,6 +33,8 @@ def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool =
         ensure_writable(out)  # fail before training, not after it
     seed_everything(cfg.seed)  # the model's initial weights depend on the seed too
     data = load_data(cfg.dataset, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, **cfg.data_kwargs)
+    if cfg.task_kwargs:
+        data.task = task_with(data.task, cfg.task_kwargs)
     model = build_model(cfg.dataset, data, cfg.preset, **cfg.model_kwargs)
     strategy = make_strategy(cfg.strategy, **cfg.strategy_kwargs)
     result = train(model, strategy, data, cfg, out_dir=out, resume=resume, progress=progress)
@@ -41,3 +44,12 @@ def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool =
     if out is not None and is_main_process():  # under torchrun only rank 0 writes the run folder
         save_run(out, cfg, result, data)
     return result
+
+
+def task_with(task, options: dict):
+    """A copy of `task` with some of its dataclass fields changed; unknown names are a ConfigError."""
+    known = {f.name for f in dataclasses.fields(task) if f.init}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"task_kwargs: {type(task).__name__} has no option {unknown}; it has {sorted(known)}")
+    return dataclasses.replace(task, **options)

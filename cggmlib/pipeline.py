@@ -42,6 +42,16 @@ ABLATION = {"cggm.magnitude": {"rho": 1.0, "lam": 0.0}, "cggm.direction": {"magn
 #: audit variants beside the official CGGM run
 AUDIT = {"cggm.paper": {"variant": "paper"}, "cggm.guard": {"guard": True},
          "cggm.paper_guard": {"variant": "paper", "guard": True}}
+#: each correction of the released method, switched on alone beside the official run: label ->
+#: (strategy options, other Config fields, datasets); 60_audit shows their measured effect
+FIXES = {
+    "cggm.fix_scaled": ({"scaled": "encoder"}, {}, ("mosi", "brats2021")),
+    "cggm.fix_head": ({"classifier_head": "two_layer"}, {}, ("mosi",)),
+    "cggm.fix_precision": ({"precision": "float32"}, {}, ("synthetic", "mosi")),
+    "cggm.fix_text_projection": ({}, {"model_kwargs": {"text_projection": "own"}}, ("food101",)),
+    "cggm.fix_warmup": ({}, {"lr_warmup": "exclusive"}, ("brats2021",)),
+    "cggm.fix_dice": ({}, {"task_kwargs": {"smooth_numerator": True}}, ("brats2021",)),
+}
 DRIVE = "/content/drive/MyDrive/cggm-companion"
 
 
@@ -61,6 +71,8 @@ class Profile:
     """mfeat views trained alone"""
     audit_datasets: tuple = ("synthetic", "mosi", "iemocap")
     """datasets of the CGGM variants compared in the audit (BraTS has its own pair)"""
+    audit_fixes: bool = True
+    """train each correction of the released method alone (`FIXES`) for the audit's deviation table"""
     rho_grid: tuple = ()
     lam_grid: tuple = ()
     epochs: dict = field(default_factory=dict)
@@ -106,6 +118,7 @@ PROFILES["ci"] = dataclasses.replace(PROFILES["smoke"], name="ci", unimodal=("ie
                                      epochs={"synthetic": 2, "mfeat": 2, "mosi": 1, "iemocap": 1, "food101": 1,
                                              "brats2021": 1},
                                      explainers=False,  # the quickstart has its own test
+                                     audit_fixes=False,  # the corrections have their own tests
                                      description="the smoke profile's smallest grid (the test suite's end-to-end run)")
 PROFILES["colab"] = dataclasses.replace(PROFILES["paper"], name="colab", data_root=f"{DRIVE}/data",
                                         results=f"{DRIVE}/results", checkpoint_every=200,
@@ -132,15 +145,18 @@ class RunSpec:
     groups: frozenset = frozenset()
     artifacts: frozenset = frozenset()
     """extra result files: gradients (Fig. 4), memory (Table 8)"""
+    settings: tuple = ()
+    """other Config fields as sorted (name, value) pairs, dicts as sorted pairs too (hashable)"""
 
     @property
     def strategy_kwargs(self) -> dict:
         return dict(self.kwargs)
 
     def config(self, profile: Profile, data_root: str | None = None) -> Config:
+        other = {k: dict(v) if isinstance(v, tuple) else v for k, v in self.settings}
         return Config(dataset=self.dataset, strategy=self.strategy, strategy_kwargs=self.strategy_kwargs,
                       preset=profile.preset, data_root=str(data_root or profile.data_root), epochs=self.epochs,
-                      seed=self.seed, checkpoint_every=profile.checkpoint_every)
+                      seed=self.seed, checkpoint_every=profile.checkpoint_every, **other)
 
     def path(self, results, profile: Profile) -> Path:
         return Path(results) / profile.name / self.dataset / self.label / f"seed{self.seed}"
@@ -151,14 +167,16 @@ def grid(profile: Profile) -> list[RunSpec]:
     specs: list[RunSpec] = []
     first = profile.seeds[:1]
 
-    def add(dataset, strategy, label, groups, seeds=profile.seeds, artifacts=(), **kwargs):
+    def add(dataset, strategy, label, groups, seeds=profile.seeds, artifacts=(), settings=None, **kwargs):
         if strategy == "joint":
             kwargs = {"observe": True} | kwargs  # the classifiers f_m are trained passively and logged
         if strategy in ("umt", "ume") and profile.epochs_for(dataset):
             kwargs = {"teacher_epochs": profile.epochs_for(dataset)} | kwargs  # teachers as long as the students
         for seed in seeds:
             specs.append(RunSpec(dataset, strategy, label, seed, tuple(sorted(kwargs.items())),
-                                 profile.epochs_for(dataset), frozenset(groups), frozenset(artifacts)))
+                                 profile.epochs_for(dataset), frozenset(groups), frozenset(artifacts),
+                                 tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
+                                              for k, v in (settings or {}).items()))))
 
     for d in profile.datasets:
         if d in profile.unimodal:
@@ -187,7 +205,10 @@ def grid(profile: Profile) -> list[RunSpec]:
         for label, kw in AUDIT.items():
             add(d, "cggm", label, {"audit"}, seeds=first, **kw)
     add("brats2021", "cggm", "cggm", {"audit"}, seeds=first)
-    add("brats2021", "cggm", "cggm.as_released", {"audit"}, seeds=first, magnitude=False)
+    for label, (kw, settings, datasets) in FIXES.items() if profile.audit_fixes else ():
+        for d in datasets:
+            add(d, "cggm", "cggm", {"audit"}, seeds=first)  # the official run it is compared with
+            add(d, "cggm", label, {"audit"}, seeds=first, settings=settings, **kw)
     for m in profile.mfeat_views:
         add("mfeat", "unimodal", f"unimodal.{m}", {"mfeat"}, seeds=first, modality=m)
     for s in profile.mfeat_methods:

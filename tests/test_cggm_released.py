@@ -284,3 +284,29 @@ def test_warmup_is_the_released_linspace_and_the_correction_reaches_base_one_ste
     assert ours[w - 1] == pytest.approx(base)
     exclusive = CosineWarmup(opt, base, epochs, per_epoch, warm, final_lr=final, warmup="exclusive")
     assert exclusive.lr_at(w - 1) < base and exclusive.lr_at(w) == pytest.approx(base)
+
+
+# ----------------------------------------------------------------------------- corrections in the audit
+
+def test_audit_corrections_table_pairs_each_fix_with_the_official_run():
+    import pandas as pd
+
+    from cggmlib import audit
+    runs = pd.DataFrame([
+        dict(done=True, label="cggm", dataset="mosi", seed=0, standin=True, metrics={"selected_on": "val/mae", "mae": 1.2}),
+        dict(done=True, label="cggm.fix_head", dataset="mosi", seed=0, standin=True,
+             metrics={"selected_on": "val/mae", "mae": 1.1}),
+        dict(done=True, label="cggm.fix_dice", dataset="brats2021", seed=0, standin=True, metrics={}),  # no partner
+    ])
+    table = audit.fixes(runs)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["correction"], row["official"], row["with the correction"]) == ("classifier_head='two_layer'", 1.2, 1.1)
+    assert row["difference"] == pytest.approx(-0.1)
+
+
+def test_task_options_reach_the_task_and_unknown_ones_are_named():
+    from cggmlib.experiment import task_with
+    assert task_with(Segmentation(), {"smooth_numerator": True}).smooth_numerator is True
+    with pytest.raises(cg.ConfigError, match="no option"):
+        task_with(Segmentation(), {"smoothing": True})

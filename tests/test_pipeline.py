@@ -46,7 +46,13 @@ def test_ablation_and_sweep_settings():
     specs = {(s.dataset, s.label): s for s in pipeline.grid(smoke)}
     assert specs[("iemocap", "cggm.magnitude")].strategy_kwargs == {"rho": 1.0, "lam": 0.0}
     assert specs[("iemocap", "cggm.direction")].strategy_kwargs == {"magnitude": False, "lam": 0.1}
-    assert specs[("brats2021", "cggm.as_released")].strategy_kwargs == {"magnitude": False}
+    assert specs[("brats2021", "cggm.fix_scaled")].strategy_kwargs == {"scaled": "encoder"}
+    assert specs[("food101", "cggm.fix_text_projection")].config(smoke).model_kwargs == {"text_projection": "own"}
+    assert specs[("brats2021", "cggm.fix_dice")].config(smoke).task_kwargs == {"smooth_numerator": True}
+    assert specs[("brats2021", "cggm.fix_warmup")].config(smoke).lr_warmup == "exclusive"
+    for label, (_, _, datasets) in pipeline.FIXES.items():  # each correction beside its official run
+        assert all((d, label) in specs and (d, "cggm") in specs for d in datasets), label
+    assert not [s for s in pipeline.grid(pipeline.get_profile("ci")) if s.label.startswith("cggm.fix_")]
     assert specs[("iemocap", "joint")].strategy_kwargs == {"observe": True}
     assert specs[("mfeat", "umt")].strategy_kwargs == {"teacher_epochs": smoke.epochs["mfeat"]}
     labels = pipeline.sweep_labels(smoke)
