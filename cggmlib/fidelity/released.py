@@ -48,6 +48,7 @@ class Result:
     where: str
     max_eps_diff: float
     steps: int
+    without_key_bias: float = float("nan")
     notes: dict = field(default_factory=dict)
 
 
@@ -193,18 +194,22 @@ def compare(rel, task: str, steps: int, batch: int, seed: int = 0) -> list[Resul
     for name, overrides in settings.items():
         model, heads, eps = run_ours(task, batches, init_model, init_cls, overrides)
         diff, where = weights.max_difference(model, theirs)
+        rest = weights.max_difference(model, theirs, skip_key_bias=True)[0]
         for m, state in heads.items():
             d, w = weights.max_difference(state, theirs_cls[m])
             if d > diff:
                 diff, where = d, f"classifier {m}: {w}"
+            rest = max(rest, weights.max_difference(state, theirs_cls[m], skip_key_bias=True)[0])
         eps_diff = max(abs(a - b) for ra, rb in zip(eps, rel_eps) for a, b in zip(ra, rb))
-        results.append(Result(task, name, diff, where, eps_diff, steps))
+        results.append(Result(task, name, diff, where, eps_diff, steps, rest))
     return results
 
 
 def markdown(results: list[Result]) -> str:
-    lines = ["| task | setting | max parameter difference | where | max ε difference |", "|---|---|---|---|---|"]
-    lines += [f"| {r.task} | {r.setting} | {r.max_param_diff:.2e} | `{r.where}` | {r.max_eps_diff:.2e} |" for r in results]
+    lines = ["| task | setting | max parameter difference | where | without the attention key bias | max ε difference |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.task} | {r.setting} | {r.max_param_diff:.2e} | `{r.where}` | {r.without_key_bias:.2e} | "
+              f"{r.max_eps_diff:.2e} |" for r in results]
     return "\n".join(lines)
 
 
@@ -217,6 +222,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--write-docs", type=Path, metavar="MD",
+                   help="replace the block between <!-- fidelity:begin --> and <!-- fidelity:end --> in MD")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -225,7 +232,21 @@ def main(argv=None) -> None:
         p.error(f"--tasks: unknown {unknown}; choose from {sorted(TASKS)}")
     rel = import_released(args.released.resolve())
     results = [r for t in tasks for r in compare(rel, t, args.steps, args.batch, args.seed)]
-    print(f"{args.steps} steps, batch {args.batch}, seed {args.seed}, dropout 0, CPU, {args.threads} thread(s)\n")
+    header = (f"{args.steps} steps, batch {args.batch}, seed {args.seed}, dropout 0, CPU, {args.threads} thread(s), "
+              f"torch {torch.__version__}")
+    print(header + "\n")
     print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    if args.write_docs:
+        write_block(args.write_docs, f"{header}:\n\n{markdown(results)}")
+
+
+def write_block(path: Path, text: str, name: str = "fidelity") -> None:
+    """Replace what lies between `<!-- {name}:begin -->` and `<!-- {name}:end -->` in `path` with `text`."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = path.read_text()
+    if begin not in doc or end not in doc:
+        raise ConfigError(f"{path}: no {begin} ... {end} block to replace; add the two markers where the table goes")
+    head, rest = doc.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
