@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..tasks import Classification
-from .base import Data, DoctorReport, TensorLoader, card
+from .base import Data, DoctorReport, TensorLoader, card, scan_bar
 from .standins import is_standin
 
 CARD = card("food101")
@@ -213,8 +213,9 @@ def load(path, *, batch_size: int = 64, seed: int = 0, dev_fraction: float = 0.1
                 standin=is_standin(root), info=info)
 
 
-def check(path) -> DoctorReport:
-    """What `cggm doctor` shows for UPMC-Food101: files, labels, images, model folders, feature cache."""
+def check(path, full: bool = False) -> DoctorReport:
+    """What `cggm doctor` shows for UPMC-Food101: files, labels, the header of every image (`full`: every
+    image decoded, with a progress bar), model folders and whether the feature cache is fresh."""
     import tempfile
 
     from . import food101_features as F
@@ -226,6 +227,7 @@ def check(path) -> DoctorReport:
     if not root.is_dir():
         return report
     report.add("stand-in", "yes (synthetic, STANDIN.json)" if is_standin(root) else "no")
+    splits, counts = {}, {"headers": 0, "decoded": 0, "files": 0}
     with tempfile.TemporaryDirectory() as hf_cache:
         for split in ("train", "test"):
             try:
@@ -233,6 +235,7 @@ def check(path) -> DoctorReport:
             except DataError as err:
                 report.add(f"{split}.json", "unreadable", False, str(err))
                 continue
+            splits[split] = ds
             report.add(f"{split}.json samples", len(ds))
             report.add(f"{split} classes present", f"{len(np.unique(targets))} of 101")
             paths = [F.image_path(root, p) for p in ds["img_path"]]
@@ -240,15 +243,30 @@ def check(path) -> DoctorReport:
             report.add(f"{split} images found", f"{len(paths) - len(missing)} of {len(paths)}", not missing,
                        f"{len(missing)} images listed in {split}.json are missing, e.g. {missing[0]} (field img_path; "
                        f"see {CARD})" if missing else None)
-            sample = [p for p in paths[:20] if p.is_file()]
-            bad = [str(p) for p in sample if F.image_problem(p)]
-            report.add(f"{split} first 20 images decode", f"{len(sample) - len(bad)} of {len(sample)}", not bad,
-                       f"unreadable image(s): {', '.join(bad)} (see {CARD})" if bad else None)
+            read = F.image_problem if full else F.header_problem
+            bad = []
+            for i, p in enumerate(scan_bar(paths, f"{split} images", full)):
+                if p.is_file():
+                    why = read(p)
+                    if why:
+                        bad.append(f"sample {i} (id {ds['id'][i]!r}) {p}: {why}")
+            present = len(paths) - len(missing)
+            counts["files"] += present
+            counts["decoded" if full else "headers"] += present
+            report.add(f"{split} images {'decode' if full else 'headers readable'}", f"{present - len(bad)} of {present}",
+                       not bad, f"{len(bad)} unreadable image(s) in {split}.json (field img_path), e.g. "
+                                f"{'; '.join(bad[:3])}; replace them (see {CARD})" if bad else None)
     try:
         models = F.model_folders(root, None, None)
         report.add("model folders", ", ".join(str(p) for p in models.values()))
     except DataError as err:
         report.add("model folders", "missing", False, str(err))
-    cached = sorted(p.parent.name for p in (root / "features").glob("*/train.json"))
-    report.add("cached feature sets", ", ".join(cached) or "none (computed on first load)")
+    for folder in sorted(p.parent for p in (root / "features").glob("*/train.json")):
+        for split, ds in splits.items():
+            status, changed = F.cache_status(root, ds, split, folder)
+            report.add(f"feature cache {folder.name} {split}", status + (
+                f": {len(changed)} source file(s) changed since it was built (e.g. {', '.join(changed[:2])}); "
+                "recomputed on the next load" if status == "stale" else ""))
+    report.add("verified", f"checked headers of {counts['headers'] or counts['decoded']}/{counts['files']} image "
+               f"files; decoded {counts['decoded']}" + ("" if full else " (cggm doctor --full decodes every image)"))
     return report
