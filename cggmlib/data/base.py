@@ -20,6 +20,11 @@ warnings and the non-finite stop of training): no published feature set of these
 it, while one such value (e.g. a float32 3e38) overflows the first layer"""
 
 
+def limit_text(x: float) -> str:
+    """1e6 for 1000000.0: how thresholds read in messages."""
+    return f"{x:.0e}".replace("e+0", "e").replace("e+", "e")
+
+
 def absurd_values(x, limit: float = ABSURD) -> tuple[int, int | None, float]:
     """(number of finite values with |x| > limit, first sample (index on axis 0) holding one, largest
     finite |x|) of a numpy array or tensor whose first axis is samples."""

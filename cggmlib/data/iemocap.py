@@ -30,7 +30,8 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..tasks import Classification
-from .base import ABSURD, Data, DoctorReport, Ragged, TensorLoader, absurd_values, card, check_options, scan_bar
+from .base import (ABSURD, Data, DoctorReport, Ragged, TensorLoader, absurd_values, card, check_options, limit_text,
+                   scan_bar)
 from .standins import is_standin
 
 CARD = card("iemocap")
@@ -286,8 +287,8 @@ def check(path, full: bool = False) -> DoctorReport:
                    f"{rel}: {len(bad)} entries are not (T, {DIMS[m]}) arrays, e.g. {bad[:3]} (see {CARD})")
         report.add(f"{rel} non-finite", f"{st['nonfinite']} -> replaced by 0 on load" if st["nonfinite"] else "none")
         count, first, largest = st["absurd"]
-        report.add(f"{rel} |x| <= {LIMITS[m]:g}", f"{count} above (largest {largest:.3g})" if count else "yes",
-                   not count, f"{rel}: {count} value(s) with |x| > {LIMITS[m]:g} (largest {largest:.3g}), first in "
+        report.add(f"{rel} |x| <= {limit_text(LIMITS[m])}", f"{count} above (largest {largest:.3g})" if count else "yes",
+                   not count, f"{rel}: {count} value(s) with |x| > {limit_text(LIMITS[m])} (largest {largest:.3g}), first in "
                    f"utterance {first!r}: the file is damaged (training on it overflows); download it again "
                    f"(see {CARD})")
         if m == "audio":

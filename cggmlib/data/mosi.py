@@ -29,7 +29,7 @@ import torch
 
 from ..errors import DataError
 from ..tasks import Regression
-from .base import ABSURD, Data, DoctorReport, TensorLoader, absurd_values, card, check_options
+from .base import ABSURD, Data, DoctorReport, TensorLoader, absurd_values, card, check_options, limit_text
 from .standins import is_standin
 
 CARD = card("mosi")
@@ -204,7 +204,7 @@ def load(path, *, batch_size: int = 64, seed: int = 0, aligned: bool = True, fil
 
 
 def _absurd_message(file: Path, split: str, m: str, count: int, first: int, largest: float) -> str:
-    return (f"CMU-MOSI: {file.name} {split}/{m} holds {count} value(s) with |x| > {ABSURD:g} (largest {largest:.3g}), "
+    return (f"CMU-MOSI: {file.name} {split}/{m} holds {count} value(s) with |x| > {limit_text(ABSURD)} (largest {largest:.3g}), "
             f"first at sample {first} of the {split} split: the file is damaged (training on it overflows); "
             f"download it again (see {CARD})")
 
@@ -246,7 +246,7 @@ def check(path, full: bool = False) -> DoctorReport:
             bad = {m: c for m, c in st["nonfinite"].items() if c}
             report.add(f"{file.name} {key} non-finite", f"{bad} -> replaced by 0 on load" if bad else "none")
             huge = {m: v for m, v in st["absurd"].items() if v[0]}
-            report.add(f"{file.name} {key} |x| <= {ABSURD:g}", ", ".join(f"{m}: {v[0]} above" for m, v in huge.items())
+            report.add(f"{file.name} {key} |x| <= {limit_text(ABSURD)}", ", ".join(f"{m}: {v[0]} above" for m, v in huge.items())
                        or "yes", not huge, "; ".join(_absurd_message(file, key, m, *v) for m, v in huge.items()))
         if len(stats) == len(SPLITS):
             try:
