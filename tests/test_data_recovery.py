@@ -219,6 +219,27 @@ def test_doctor_reads_every_image_header_and_full_decodes_every_image(food_root,
     assert rc == 1 and "sample 45" in out and "sample 50" in out and "decoded 72" in out
 
 
+@pytest.mark.skipif(not user_namespaces(), reason="needs `unshare -rm` to mount a small tmpfs (a real full disk)")
+def test_full_disk_while_caching_food_features_says_so(food_root, tmp_path):
+    """The feature files are reserved up front, so a full disk is an error, not a SIGBUS under the map."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (tmp_path / "script.py").write_text(textwrap.dedent(f"""
+        import cggmlib as cg
+        from cggmlib.errors import ResultsError
+        try:
+            cg.load_data("food101", "{food_root}", cache_dir="{mnt}", device="cpu")
+            print("NO ERROR")
+        except ResultsError as err:
+            print("ERROR", err)
+    """))
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {mnt} && "
+                           f"{sys.executable} {tmp_path / 'script.py'}"], capture_output=True, text=True, timeout=300,
+                          env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"ERROR disk full while writing {mnt}" in done.stdout and "free space and rerun" in done.stdout
+
+
 def _features_of(data, sample_id):
     batch = next(iter(data.train))  # one batch holds the whole split
     return batch.inputs["image"][batch.meta["id"].index(sample_id)].clone()

@@ -264,10 +264,24 @@ def check_options(dataset: str, options: dict, known) -> None:
                           f"(see {card(dataset)})")
 
 
+def disk_full(err: BaseException) -> OSError | None:
+    """The "no space left" OSError behind `err` (itself, or in its cause chain: libraries wrap it), or None."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 @contextlib.contextmanager
 def disk_errors(path):
     """Turn an operating-system error while writing under `path` into `ResultsError` saying what to do
-    (a full disk: "disk full while writing <path>: free space and rerun"); cggmlib errors pass through."""
+    (a full disk, also when a library wraps it: "disk full while writing <path>: free space and rerun");
+    cggmlib errors pass through."""
     from ..errors import CGGMError, ResultsError
     from ..runs import _describe_os_error
 
@@ -275,8 +289,11 @@ def disk_errors(path):
         yield
     except CGGMError:
         raise
-    except OSError as err:
-        raise ResultsError(_describe_os_error(err.filename or path, err)) from err
+    except Exception as err:
+        cause = err if isinstance(err, OSError) else disk_full(err)
+        if cause is None:
+            raise
+        raise ResultsError(_describe_os_error(cause.filename or path, cause)) from err
 
 
 @contextlib.contextmanager

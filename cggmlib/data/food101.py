@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ResultsError
 from ..tasks import Classification
-from .base import Data, DoctorReport, TensorLoader, card, scan_bar
+from .base import Data, DoctorReport, TensorLoader, card, disk_errors, scan_bar
 from .standins import is_standin
 
 CARD = card("food101")
@@ -66,7 +66,10 @@ def read_split(root: Path, split: str, hf_cache: Path):
     bars = not datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset("json", data_files={split: str(file)}, split=split, cache_dir=str(hf_cache))
+        with disk_errors(hf_cache):  # the Arrow cache it writes may fill the disk: say so
+            ds = datasets.load_dataset("json", data_files={split: str(file)}, split=split, cache_dir=str(hf_cache))
+    except ResultsError:
+        raise
     except Exception as err:  # datasets wraps the JSON/Arrow error; find what is wrong with the file
         raise _json_problem(file, split, err) from None
     finally:
