@@ -273,6 +273,8 @@ def disk_full(err: BaseException) -> OSError | None:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return err
+        if "No space left on device" in str(err) or "os error 28" in str(err):  # h5py, safetensors: text only
+            return OSError(errno.ENOSPC, "No space left on device")
         err = err.__cause__ or err.__context__
     return None
 
