@@ -5,7 +5,8 @@ keys, shapes, dtypes, label ranges, non-finite and absurd values (|x| > 1e6, cgg
 and split sizes, and prints one table per dataset followed by one actionable line per problem. By
 default it reads the header of every file (every image header, every NIfTI header with the stored
 length of .nii.gz files, every h5/pickle key and shape); `--full` also decodes every image and volume
-and checks every label value (progress bars on stderr). The row "verified" says how much was read. Without --dataset it checks every dataset folder present under DIR
+and checks every label value (progress bars on stderr). The row "verified" says how much was read.
+Without --dataset it checks every dataset folder present under DIR
 and lists the absent ones. Exit status: 0 when every check passed, 1 when a problem was found.
 """
 from __future__ import annotations
