@@ -307,3 +307,32 @@ def test_brats_cache_counts_only_fresh_cases_and_rebuilds_a_changed_one(tmp_path
     assert f"stale (their source files changed since they were preprocessed, e.g. {case.name})" in \
         capsys.readouterr().err
     assert brats.check(root).rows[-2]["value"].startswith("3 of 3 fresh")
+
+
+def test_caches_of_the_previous_version_are_kept_and_their_keys_completed(food_root, tmp_path, monkeypatch, capsys):
+    """Recomputing the real caches costs hours: a BraTS meta with [name, size, mtime_ns] stamps and a
+    Food manifest without image digests are kept when their files match, and their keys completed."""
+    from cggmlib.data import brats_cache, food101_features
+
+    root = tmp_path / "brats2021"
+    brats_standin.write(root, seed=0, cases=3, size=160, depth=6)
+    cg.load_data("brats2021", tmp_path, batch_size=4)
+    shutil.copytree(food_root / "food101", tmp_path / "food101")
+    cg.load_data("food101", tmp_path, batch_size=16)
+    metas = list(root.glob("cache/*/*/meta.json"))
+    manifests = list((tmp_path / "food101/features").glob("*/*.json"))
+    for m in metas:
+        meta = json.loads(m.read_text())
+        m.write_text(json.dumps(meta | {"source": {k: v[:3] for k, v in meta["source"].items()}}))
+    for m in manifests:
+        m.write_text(json.dumps({k: v for k, v in json.loads(m.read_text()).items() if k != "images"}))
+    assert all("unkeyed" in str(r["value"]) for r in food101.check(tmp_path / "food101").rows
+               if r["check"].startswith("feature cache"))
+    monkeypatch.setattr(brats_cache, "preprocess", lambda *a, **k: pytest.fail("a case was preprocessed again"))
+    monkeypatch.setattr(food101_features, "_extract", lambda *a, **k: pytest.fail("features were recomputed"))
+    capsys.readouterr()
+    cg.load_data("brats2021", tmp_path, batch_size=4)
+    cg.load_data("food101", tmp_path, batch_size=16)
+    assert "predate image checksums" in capsys.readouterr().err
+    assert all(len(v) == 4 for m in metas for v in json.loads(m.read_text())["source"].values())
+    assert all("images" in json.loads(m.read_text()) for m in manifests)

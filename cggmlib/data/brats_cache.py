@@ -165,14 +165,26 @@ def header(path: Path) -> tuple[tuple | None, str | None]:
     return tuple(int(n) for n in img.shape), None
 
 
-def cached_meta(folder: Path, out: Path) -> dict | None:
-    """The cached meta of case `folder` in `out` when complete and its source files are unchanged, else None."""
+def cached_meta(folder: Path, out: Path, upgrade: bool = False) -> dict | None:
+    """The cached meta of case `folder` in `out` when complete and its source files are unchanged, else None.
+
+    A meta written before stamps held the tail checksum ([name, size, mtime_ns]) counts as fresh when
+    those three match; with `upgrade` (the loader, holding the cache lock) its stamp is completed in
+    place, so an existing cache is not preprocessed again (hours for the full dataset).
+    """
     try:
         meta = json.loads((out / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    fresh = meta.get("source") == json.loads(json.dumps(stamp(case_files(folder))))
-    return meta if fresh and (out / "image.npy").is_file() and (out / "label.npy").is_file() else None
+    now = json.loads(json.dumps(stamp(case_files(folder))))
+    before = meta.get("source") or {}
+    older = set(before) == set(now) and all(len(before[m]) == 3 and before[m] == now[m][:3] for m in now)
+    if not (before == now or older) or not ((out / "image.npy").is_file() and (out / "label.npy").is_file()):
+        return None
+    if older and upgrade:
+        meta["source"] = now
+        atomic_write_json(out / "meta.json", meta)
+    return meta
 
 
 def prepare(cases: list[Path], cache: Path, workers: int = 0) -> list[dict]:
@@ -186,7 +198,7 @@ def prepare(cases: list[Path], cache: Path, workers: int = 0) -> list[dict]:
 def _prepare(cases: list[Path], cache: Path, workers: int) -> list[dict]:
     for tmp in cache.glob("*/.*.tmp"):  # left by a killed run (we hold the lock: no writer is active)
         tmp.unlink(missing_ok=True)
-    metas = {c.name: cached_meta(c, cache / c.name) for c in cases}
+    metas = {c.name: cached_meta(c, cache / c.name, upgrade=True) for c in cases}
     todo = [c for c in cases if metas[c.name] is None]
     stale = [c.name for c in todo if (cache / c.name / "meta.json").is_file()]
     if stale:

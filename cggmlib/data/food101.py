@@ -267,9 +267,10 @@ def check(path, full: bool = False) -> DoctorReport:
     for folder in sorted(p.parent for p in (root / "features").glob("*/train.json")):
         for split, ds in splits.items():
             status, changed = F.cache_status(root, ds, split, folder)
-            report.add(f"feature cache {folder.name} {split}", status + (
-                f": {len(changed)} source file(s) changed since it was built (e.g. {', '.join(changed[:2])}); "
-                "recomputed on the next load" if status == "stale" else ""))
+            report.add(f"feature cache {folder.name} {split}", status + {
+                "stale": f": {len(changed)} source file(s) changed since it was built (e.g. "
+                         f"{', '.join(changed[:2])}); recomputed on the next load",
+                "unkeyed": ": written before image checksums; the next load records them"}.get(status, ""))
     report.add("verified", f"checked headers of {counts['headers'] or counts['decoded']}/{counts['files']} image "
                f"files; decoded {counts['decoded']}" + ("" if full else " (cggm doctor --full decodes every image)"))
     return report

@@ -114,7 +114,8 @@ def stale_images(manifest: dict, digests: dict[str, str]) -> list[str] | None:
 
 
 def cache_status(root: Path, ds, split: str, folder: Path) -> tuple[str, list[str] | None]:
-    """("fresh" | "stale" | "absent", changed images) of the feature cache `folder` for one split."""
+    """("fresh" | "stale" | "absent" | "unkeyed", changed images) of the feature cache `folder` for one
+    split; "unkeyed": written by an earlier version, without image digests."""
     try:
         manifest = json.loads((folder / f"{split}.json").read_text())
     except (OSError, ValueError):
@@ -123,7 +124,7 @@ def cache_status(root: Path, ds, split: str, folder: Path) -> tuple[str, list[st
         return "stale", [f"{split}.json"]
     changed = stale_images(manifest, image_digests([image_path(root, p) for p in ds["img_path"]], root))
     if changed is None:
-        return "stale", ["(a cache from before image checksums)"]
+        return "unkeyed", []
     return ("stale" if changed else "fresh"), changed
 
 
@@ -144,7 +145,14 @@ def cached_features(ds, root: Path, split: str, *, models, image_norm, text_leng
             if not pid_alive(int(tmp.name.split(".")[-3])):
                 tmp.unlink(missing_ok=True)
         status, changed = cache_status(root, ds, split, folder)
-        if status != "fresh":
+        if status == "unkeyed":  # recomputing would cost hours on the real data: record the digests now
+            print(f"UPMC-Food101: the cached {split} features in {folder} predate image checksums; recording "
+                  f"the current images' digests (if you changed images since they were computed, delete {folder})",
+                  file=sys.stderr, flush=True)
+            manifest_data = json.loads(manifest.read_text())
+            atomic_write_json(manifest, manifest_data | {
+                "images": image_digests([image_path(root, p) for p in ds["img_path"]], root)})
+        elif status != "fresh":
             if status == "stale":
                 print(f"UPMC-Food101: the cached {split} features in {folder} are stale: {len(changed)} source "
                       f"file(s) changed since they were computed (e.g. {', '.join(changed[:3])}); recomputing them",
