@@ -16,19 +16,26 @@ from .errors import DataError
 from .runs import atomic_write_json
 
 
-def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: dict | None = None):
-    """Check `data_root/<dataset>` with its doctor; write a stand-in there first (of `standin_size`)
-    when the folder is absent and `allow_standin`. Returns the DoctorReport; raises DataError listing
-    the problems."""
-    from .data.standins import write_standin
+def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: dict | None = None,
+            full: bool = False):
+    """Check `data_root/<dataset>` with its doctor (`full`: decode every file); write a stand-in there
+    first (of `standin_size`) when the folder is absent, or holds nothing but empty folders and
+    temporary files of a failed write, and `allow_standin`. Returns the DoctorReport; raises DataError
+    listing the problems.
+
+    The stand-in is written into a temporary sibling folder and renamed into place, under a lock: a
+    second `reproduce` on the same data root waits for the first and then uses its stand-in.
+    """
+    from .data.standins import STANDINS, folder_state, write_standin
 
     folder = Path(data_root) / dataset
-    if not folder.is_dir() or not any(folder.iterdir()):
+    state = folder_state(folder, dataset) if dataset in STANDINS else ("present" if folder.is_dir() else "absent")
+    if state in ("absent", "empty"):
         if not allow_standin:
             raise DataError(f"{dataset} is not in {folder}: put the real data there, point --data-root at it, or "
                             f"run the smoke profile (it writes a stand-in)", path=folder, card=card(dataset))
-        write_standin(dataset, data_root, **(standin_size or {}))
-    report = importlib.import_module(f".data.{DATASETS[dataset]}", __package__).check(folder)
+        write_standin(dataset, data_root, reuse=True, **(standin_size or {}))
+    report = importlib.import_module(f".data.{DATASETS[dataset]}", __package__).check(folder, full=full)
     if not report.ok:
         raise DataError(f"cggm doctor found {len(report.problems)} problem(s) in {folder}:\n    "
                         + "\n    ".join(report.problems), path=folder, card=card(dataset))

@@ -31,7 +31,8 @@ def seed_everything(seed: int) -> None:
 
 def _describe_os_error(path, err: OSError) -> str:
     if err.errno == errno.ENOSPC:
-        return f"the disk holding {path} is full; free space or choose another --out folder"
+        return (f"disk full while writing {path}: free space and rerun (the disk holding it is full; "
+                "or choose a folder on another disk)")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path} is not writable ({err.strerror}); choose a writable --out folder"
     if err.errno in (errno.ENOTDIR, errno.EEXIST):

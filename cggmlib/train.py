@@ -45,6 +45,7 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     if resume and ckpt and ckpt.exists():
         loop = ckpt.restore(model, tools.optimizer, scheduler, tools.scaler, strategy, trace)
     tools.finite.skipped, tools.finite.checked = loop["skipped"], len(trace.rows)
+    tools.finite.data = data  # a non-finite step first checks the inputs (the data's fault, named)
 
     def save():
         tools.finite.check_trace(trace, flush=True)  # never checkpoint a state past a bad step
@@ -111,7 +112,7 @@ def train_step(model, strategy, batch, epoch: int, tools: StepTools, step: int =
     tools.world.average_gradients(tools.params)  # data parallel: every rank steps with the mean
     total = get_total_norm([p.grad for p in tools.params if p.grad is not None])
     row = {"loss": loss.detach(), "grad_norm_total": total, **before, **after, **stats}
-    if not tools.finite.step_ok(row, step, epoch):
+    if not tools.finite.step_ok(row, step, epoch, batch):
         tools.optimizer.zero_grad(set_to_none=True)
     else:
         if tools.grad_clip:

@@ -194,4 +194,4 @@ def test_bad_input_raises_a_data_error_naming_the_problem(root, tmp_path, kind):
     assert "data_cards/brats2021.md" in str(err.value)
     if kind not in ("missing folder", "no case folders", "empty split"):
         assert _first(tmp_path / "brats2021").name in str(err.value)
-        assert not brats.check(tmp_path / "brats2021").ok
+        assert not brats.check(tmp_path / "brats2021", full=True).ok

@@ -2,7 +2,9 @@
 
 The stand-in lands in `DATA_ROOT/<NAME>/` in the dataset's real on-disk format (MOSI: MulT pickles;
 IEMOCAP: MMIN h5 + npy; ...), marked with STANDIN.json, and is checked with the dataset's doctor
-right away. Every run on it is labelled stand-in. Example:
+right away. Every run on it is labelled stand-in. The writer fills a temporary sibling folder and
+renames it into place when complete, so a kill or a full disk leaves nothing half-written; a second
+writer of the same dataset waits for the first. Example:
 
     cggm make-standin mosi --out data --size train=120 --size noalign=False
     cggm train --dataset mosi --data-root data
@@ -21,7 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     p.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                    help="writer size option, e.g. train=120 or utterances=200 (repeatable)")
-    p.add_argument("--force", action="store_true", help="replace an existing stand-in (never real data)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing stand-in; an unmarked folder holding only the stand-in's files (a "
+                        "killed earlier write) is moved aside, not deleted; other files (real data?) are refused")
 
 
 def _size(items: list[str]) -> dict:

@@ -2,6 +2,9 @@
 in-memory loader with seeded, per-epoch shuffling that can be sharded across processes."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -9,6 +12,37 @@ from typing import Any, Iterable
 import torch
 
 CARDS = Path(__file__).resolve().parents[2] / "data_cards"
+
+
+ABSURD = 1e6
+"""a feature value with |x| above this is reported as the data's fault (by `cggm doctor`, the loaders'
+warnings and the non-finite stop of training): no published feature set of these datasets comes near
+it, while one such value (e.g. a float32 3e38) overflows the first layer"""
+
+
+def limit_text(x: float) -> str:
+    """1e6 for 1000000.0: how thresholds read in messages."""
+    return f"{x:.0e}".replace("e+0", "e").replace("e+", "e")
+
+
+def absurd_values(x, limit: float = ABSURD) -> tuple[int, int | None, float]:
+    """(number of finite values with |x| > limit, first sample (index on axis 0) holding one, largest
+    finite |x|) of a numpy array or tensor whose first axis is samples."""
+    import numpy as np
+
+    a = np.abs(np.asarray(x.detach().cpu().float() if torch.is_tensor(x) else x, dtype=np.float64))
+    a = np.where(np.isfinite(a), a, 0.0)
+    big = a > limit
+    count = int(big.sum())
+    first = int(np.flatnonzero(big.reshape(len(a), -1).any(1))[0]) if count else None
+    return count, first, float(a.max()) if a.size else 0.0
+
+
+def scan_bar(items, desc: str, enabled: bool = True):
+    """A tqdm progress bar (on stderr) over a long file scan, e.g. `cggm doctor --full`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not enabled, mininterval=1.0, leave=False)
 
 
 def card(name: str) -> str:
@@ -228,3 +262,80 @@ def check_options(dataset: str, options: dict, known) -> None:
 
         raise ConfigError(f"{dataset}: unknown data option(s) {unknown}; the options are {sorted(known)} "
                           f"(see {card(dataset)})")
+
+
+def disk_full(err: BaseException) -> OSError | None:
+    """The "no space left" OSError behind `err` (itself, or in its cause chain: libraries wrap it), or None."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        if "No space left on device" in str(err) or "os error 28" in str(err):  # h5py, safetensors: text only
+            return OSError(errno.ENOSPC, "No space left on device")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path):
+    """Turn an operating-system error while writing under `path` into `ResultsError` saying what to do
+    (a full disk, also when a library wraps it: "disk full while writing <path>: free space and rerun");
+    cggmlib errors pass through."""
+    from ..errors import CGGMError, ResultsError
+    from ..runs import _describe_os_error
+
+    try:
+        yield
+    except CGGMError:
+        raise
+    except Exception as err:
+        cause = err if isinstance(err, OSError) else disk_full(err)
+        if cause is None:
+            raise
+        raise ResultsError(_describe_os_error(cause.filename or path, cause)) from err
+
+
+@contextlib.contextmanager
+def writer_lock(lock_file, what: str, timeout: float = 3600.0):
+    """Hold the inter-process lock `lock_file` while writing `what`; a second writer waits (and says so).
+
+    The lock is an OS file lock (filelock): the system releases it when its holder exits or is killed,
+    so a crashed writer never leaves a stale lock behind.
+    """
+    from filelock import FileLock, Timeout
+
+    from ..errors import DataError
+
+    lock_file = Path(lock_file)
+    with disk_errors(lock_file):
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_file))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"cggmlib: another process is writing {what}; waiting for it (lock {lock_file})",
+                  file=sys.stderr, flush=True)
+            try:
+                lock.acquire(timeout=timeout)
+            except Timeout:
+                raise DataError(f"another process has been writing {what} for {timeout:.0f} s", path=lock_file,
+                                expected="that process to finish; stop it (its lock is released when it exits) "
+                                         "and rerun") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs on this machine (another user's counts as running)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

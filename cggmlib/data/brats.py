@@ -24,7 +24,7 @@ from ..errors import ConfigError, DataError
 from ..runs import atomic_write_json
 from ..tasks import Segmentation
 from . import brats_cache as C
-from .base import Data, DoctorReport, card
+from .base import Data, DoctorReport, card, scan_bar
 from .brats_slices import SliceLoader
 from .standins import is_standin
 
@@ -123,10 +123,10 @@ def load(path, *, batch_size: int = 64, seed: int = 0, eval_protocol: str = "off
                 standin=is_standin(root), info=info)
 
 
-def check(path, deep: int = 1) -> DoctorReport:
-    """What `cggm doctor` shows for BraTS 2021: cases, files, split, volume headers, `deep` full reads, cache."""
-    import nibabel as nib
-
+def check(path, full: bool = False) -> DoctorReport:
+    """What `cggm doctor` shows for BraTS 2021: cases, files, split, the header of every volume (shape,
+    and for .nii.gz the stored length against the header's), and with `full` every volume decoded and
+    every label checked (progress bar); then how many cases the cache holds fresh."""
     root = Path(path)
     report = DoctorReport("brats2021", root)
     try:
@@ -136,7 +136,7 @@ def check(path, deep: int = 1) -> DoctorReport:
         return report
     report.add("stand-in", "yes (synthetic, STANDIN.json)" if is_standin(root) else "no")
     report.add("case folders", len(cases), True)
-    complete, shapes, missing = [], {}, []
+    complete, shapes, missing, files_seen = [], {}, [], 0
     for c in cases:
         try:
             files = C.case_files(c)
@@ -144,12 +144,18 @@ def check(path, deep: int = 1) -> DoctorReport:
             missing.append(str(err))
             continue
         complete.append(c)
-        try:
-            shapes[c.name] = {tuple(nib.load(str(p)).shape) for p in files.values()}
-        except Exception as err:  # a header nibabel cannot parse
-            missing.append(f"{c.name}: unreadable NIfTI header ({err}); see {CARD}")
-    report.add("cases with all five readable files", f"{len(shapes)} of {len(cases)}", not missing,
-               f"{len(missing)} case(s) incomplete, e.g.: {missing[0]}" if missing else None)
+        files_seen += len(files)
+        found = {}
+        for m, p in files.items():
+            shape, problem = C.header(p)
+            if problem:
+                missing.append(f"{c.name}: {p.name} {problem}; download the case again (see {CARD})")
+            else:
+                found[m] = shape
+        if len(found) == len(files):
+            shapes[c.name] = set(found.values())
+    report.add("cases with all five readable headers", f"{len(shapes)} of {len(cases)}", not missing,
+               f"{len(missing)} case(s) incomplete or damaged: {'; '.join(missing[:3])}" if missing else None)
     odd = sorted(n for n, s in shapes.items() if s != {C.STANDARD_SHAPE})
     report.add("volumes 240 x 240 x 155", f"{len(shapes) - len(odd)} of {len(shapes)}" +
                (f" (others, e.g. {odd[0]}: {sorted(shapes[odd[0]])})" if odd else ""))
@@ -159,13 +165,23 @@ def check(path, deep: int = 1) -> DoctorReport:
                f"a split is empty with these {len(cases)} cases: the committed rule sends about 70/10/20% of "
                f"cases to train/val/test, so add cases (about 20 or more) or pass a split_file in the format of "
                f"cggmlib/data/brats_split.json (load_data(..., split_file=P), or --data-opt split_file=P); see {CARD}")
-    for c in complete[:deep]:
-        try:
-            C.read_case(c)
-            report.add(f"full read of {c.name}", "labels, shapes and intensities ok")
-        except DataError as err:
-            report.add(f"full read of {c.name}", "failed", False, str(err))
+    decoded = 0
+    if full:
+        failed = []
+        for c in scan_bar(complete, "BraTS cases", True):
+            try:
+                C.read_case(c)
+                decoded += 1
+            except DataError as err:
+                failed.append(str(err))
+        report.add("cases decoded (every voxel, labels in {0,1,2,4})", f"{decoded} of {len(complete)}", not failed,
+                   f"{len(failed)} case(s) failed: " + "\n".join(failed[:5]) if failed else None)
     cache = root / "cache" / C.spec_key()
-    cached = sum((cache / c.name / "meta.json").is_file() for c in cases)
-    report.add("preprocessed cases in cache", f"{cached} of {len(cases)} ({cache})")
+    fresh = sum(C.cached_meta(c, cache / c.name) is not None for c in complete)
+    stale = sum((cache / c.name / "meta.json").is_file() for c in complete) - fresh
+    report.add("preprocessed cases in cache", f"{fresh} of {len(cases)} fresh" +
+               (f", {stale} stale (their files changed; preprocessed again on the next load)" if stale else "") +
+               f" ({cache})")
+    report.add("verified", f"checked headers of {files_seen}/{files_seen} files; decoded {decoded * len(C.FILES)}"
+               + ("" if full else " (cggm doctor --full decodes every volume and checks every label)"))
     return report

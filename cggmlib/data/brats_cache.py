@@ -7,8 +7,9 @@ Per case (challenge layout `BraTS2021_<id>/BraTS2021_<id>_{flair,t1ce,t1,t2,seg}
    channel_wise=True)`; the background stays 0;
 3. remap label 4 to 3 and center-crop H and W to 160 (as zrguo/CGGM:datasets/BratsDataset.py);
 4. store `image.npy` (D, 4, 160, 160) float16, slice-major so one axial slice is one contiguous read,
-   `label.npy` (D, 160, 160) uint8, and `meta.json` (depth, tumour slices, the source files' sizes and
-   mtimes) written last: a case counts as cached only once its meta.json exists and matches.
+   `label.npy` (D, 160, 160) uint8, and `meta.json` (depth, tumour slices, the source files' sizes,
+   mtimes and tail checksums, see `stamp`) written last: a case counts as cached only once its
+   meta.json exists and matches.
 Data card: data_cards/brats2021.md.
 
 Reference code: zrguo/CGGM:datasets/BratsDataset.py (label remap, CenterCrop; it reads pre-built h5
@@ -20,6 +21,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +69,17 @@ def spec_key() -> str:
 
 
 def stamp(files: dict[str, Path]) -> dict:
-    """Sizes and mtimes of a case's source files: the cache is stale when they change."""
-    return {m: [p.name, p.stat().st_size, p.stat().st_mtime_ns] for m, p in files.items()}
+    """Size, mtime_ns and the SHA-256 of the last 64 KiB of each of a case's source files: the cache is
+    stale when any changes. For .nii.gz that tail holds the gzip trailer, the CRC-32 of the whole
+    volume, so a changed voxel changes the stamp without reading the file (~1 ms per case)."""
+    out = {}
+    for m, p in files.items():
+        st = p.stat()
+        with open(p, "rb") as f:
+            f.seek(max(0, st.st_size - 2**16))
+            tail = hashlib.sha256(f.read()).hexdigest()[:16]
+        out[m] = [p.name, st.st_size, st.st_mtime_ns, tail]
+    return out
 
 
 def read_case(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -129,19 +140,70 @@ def preprocess(folder: Path, out: Path) -> dict:
     return meta
 
 
-def _cached_meta(folder: Path, out: Path) -> dict | None:
+def header(path: Path) -> tuple[tuple | None, str | None]:
+    """(shape, None) when the NIfTI header of `path` reads and the file is as long as the header says
+    (for .nii.gz: the gzip trailer's stored length, so a truncated download shows without decompressing);
+    (None, why) otherwise."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        hdr = img.header
+        need = int(img.dataobj.offset) + int(np.prod(img.shape)) * np.dtype(hdr.get_data_dtype()).itemsize
+    except Exception as err:  # nibabel, gzip and zlib each raise their own types
+        return None, f"has no readable NIfTI header ({type(err).__name__}: {err})"
+    size = path.stat().st_size
+    if path.name.endswith(".gz"):
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            stored = int.from_bytes(f.read(4), "little")
+        if stored != need % 2**32:
+            return None, (f"is truncated or damaged: its gzip trailer records {stored} bytes, the header needs "
+                          f"{need}")
+    elif size < need:
+        return None, f"is truncated: {size} bytes, the header needs {need}"
+    return tuple(int(n) for n in img.shape), None
+
+
+def cached_meta(folder: Path, out: Path, upgrade: bool = False) -> dict | None:
+    """The cached meta of case `folder` in `out` when complete and its source files are unchanged, else None.
+
+    A meta written before stamps held the tail checksum ([name, size, mtime_ns]) counts as fresh when
+    those three match; with `upgrade` (the loader, holding the cache lock) its stamp is completed in
+    place, so an existing cache is not preprocessed again (hours for the full dataset).
+    """
     try:
         meta = json.loads((out / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    fresh = meta.get("source") == json.loads(json.dumps(stamp(case_files(folder))))
-    return meta if fresh and (out / "image.npy").is_file() and (out / "label.npy").is_file() else None
+    now = json.loads(json.dumps(stamp(case_files(folder))))
+    before = meta.get("source") or {}
+    older = set(before) == set(now) and all(len(before[m]) == 3 and before[m] == now[m][:3] for m in now)
+    if not (before == now or older) or not ((out / "image.npy").is_file() and (out / "label.npy").is_file()):
+        return None
+    if older and upgrade:
+        meta["source"] = now
+        atomic_write_json(out / "meta.json", meta)
+    return meta
 
 
 def prepare(cases: list[Path], cache: Path, workers: int = 0) -> list[dict]:
     """Metas of all `cases` (in order), preprocessing those missing or stale in `cache` (`workers` processes)."""
-    metas = {c.name: _cached_meta(c, cache / c.name) for c in cases}
+    from .base import disk_errors, writer_lock
+
+    with disk_errors(cache), writer_lock(cache / ".lock", f"the BraTS preprocessing cache {cache}"):
+        return _prepare(cases, cache, workers)
+
+
+def _prepare(cases: list[Path], cache: Path, workers: int) -> list[dict]:
+    for tmp in cache.glob("*/.*.tmp"):  # left by a killed run (we hold the lock: no writer is active)
+        tmp.unlink(missing_ok=True)
+    metas = {c.name: cached_meta(c, cache / c.name, upgrade=True) for c in cases}
     todo = [c for c in cases if metas[c.name] is None]
+    stale = [c.name for c in todo if (cache / c.name / "meta.json").is_file()]
+    if stale:
+        print(f"BraTS 2021: {len(stale)} cached case(s) are stale (their source files changed since they were "
+              f"preprocessed, e.g. {', '.join(stale[:3])}); preprocessing them again", file=sys.stderr, flush=True)
     if todo and workers > 0:
         from concurrent.futures import ProcessPoolExecutor
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ResultsError
 from ..tasks import Classification
-from .base import Data, DoctorReport, TensorLoader, card
+from .base import Data, DoctorReport, TensorLoader, card, disk_errors, scan_bar
 from .standins import is_standin
 
 CARD = card("food101")
@@ -66,7 +66,10 @@ def read_split(root: Path, split: str, hf_cache: Path):
     bars = not datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset("json", data_files={split: str(file)}, split=split, cache_dir=str(hf_cache))
+        with disk_errors(hf_cache):  # the Arrow cache it writes may fill the disk: say so
+            ds = datasets.load_dataset("json", data_files={split: str(file)}, split=split, cache_dir=str(hf_cache))
+    except ResultsError:
+        raise
     except Exception as err:  # datasets wraps the JSON/Arrow error; find what is wrong with the file
         raise _json_problem(file, split, err) from None
     finally:
@@ -213,8 +216,9 @@ def load(path, *, batch_size: int = 64, seed: int = 0, dev_fraction: float = 0.1
                 standin=is_standin(root), info=info)
 
 
-def check(path) -> DoctorReport:
-    """What `cggm doctor` shows for UPMC-Food101: files, labels, images, model folders, feature cache."""
+def check(path, full: bool = False) -> DoctorReport:
+    """What `cggm doctor` shows for UPMC-Food101: files, labels, the header of every image (`full`: every
+    image decoded, with a progress bar), model folders and whether the feature cache is fresh."""
     import tempfile
 
     from . import food101_features as F
@@ -226,6 +230,7 @@ def check(path) -> DoctorReport:
     if not root.is_dir():
         return report
     report.add("stand-in", "yes (synthetic, STANDIN.json)" if is_standin(root) else "no")
+    splits, counts = {}, {"headers": 0, "decoded": 0, "files": 0}
     with tempfile.TemporaryDirectory() as hf_cache:
         for split in ("train", "test"):
             try:
@@ -233,6 +238,7 @@ def check(path) -> DoctorReport:
             except DataError as err:
                 report.add(f"{split}.json", "unreadable", False, str(err))
                 continue
+            splits[split] = ds
             report.add(f"{split}.json samples", len(ds))
             report.add(f"{split} classes present", f"{len(np.unique(targets))} of 101")
             paths = [F.image_path(root, p) for p in ds["img_path"]]
@@ -240,15 +246,31 @@ def check(path) -> DoctorReport:
             report.add(f"{split} images found", f"{len(paths) - len(missing)} of {len(paths)}", not missing,
                        f"{len(missing)} images listed in {split}.json are missing, e.g. {missing[0]} (field img_path; "
                        f"see {CARD})" if missing else None)
-            sample = [p for p in paths[:20] if p.is_file()]
-            bad = [str(p) for p in sample if F.image_problem(p)]
-            report.add(f"{split} first 20 images decode", f"{len(sample) - len(bad)} of {len(sample)}", not bad,
-                       f"unreadable image(s): {', '.join(bad)} (see {CARD})" if bad else None)
+            read = F.image_problem if full else F.header_problem
+            bad = []
+            for i, p in enumerate(scan_bar(paths, f"{split} images", full)):
+                if p.is_file():
+                    why = read(p)
+                    if why:
+                        bad.append(f"sample {i} (id {ds['id'][i]!r}) {p}: {why}")
+            present = len(paths) - len(missing)
+            counts["files"] += present
+            counts["decoded" if full else "headers"] += present
+            report.add(f"{split} images {'decode' if full else 'headers readable'}", f"{present - len(bad)} of {present}",
+                       not bad, f"{len(bad)} unreadable image(s) in {split}.json (field img_path), e.g. "
+                                f"{'; '.join(bad[:3])}; replace them (see {CARD})" if bad else None)
     try:
         models = F.model_folders(root, None, None)
         report.add("model folders", ", ".join(str(p) for p in models.values()))
     except DataError as err:
         report.add("model folders", "missing", False, str(err))
-    cached = sorted(p.parent.name for p in (root / "features").glob("*/train.json"))
-    report.add("cached feature sets", ", ".join(cached) or "none (computed on first load)")
+    for folder in sorted(p.parent for p in (root / "features").glob("*/train.json")):
+        for split, ds in splits.items():
+            status, changed = F.cache_status(root, ds, split, folder)
+            report.add(f"feature cache {folder.name} {split}", status + {
+                "stale": f": {len(changed)} source file(s) changed since it was built (e.g. "
+                         f"{', '.join(changed[:2])}); recomputed on the next load",
+                "unkeyed": ": written before image checksums; the next load records them"}.get(status, ""))
+    report.add("verified", f"checked headers of {counts['headers'] or counts['decoded']}/{counts['files']} image "
+               f"files; decoded {counts['decoded']}" + ("" if full else " (cggm doctor --full decodes every image)"))
     return report

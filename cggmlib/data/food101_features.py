@@ -5,8 +5,9 @@ every batch of every epoch and keeps `last_hidden_state`: image (B, 197, 768), t
 Since both are frozen and evaluated under `no_grad`, the same tokens can be computed once; we store
 them as float16 `.npy` files under `cache/<key>/<split>.{image,text}.npy`, where `key` hashes the
 model folders' fingerprints and the options. Files are written to a temporary name and renamed, and a
-manifest `<split>.json` (holding the SHA-256 of the split's JSON file) is written last, so a killed
-extraction never leaves a cache that looks complete. Data card: data_cards/food101.md.
+manifest `<split>.json` (holding the SHA-256 of the split's JSON file and a digest of every image, see
+`image_digests`) is written last, so a killed extraction never leaves a cache that looks complete, and
+an image changed after extraction makes the cache stale (recomputed, with a message saying so). Data card: data_cards/food101.md.
 
 Reference code: zrguo/CGGM:datasets/FOODDataset.py (tokenisation: `' '.join(text_tokens)`, padding
 and truncation to 50; images: Resize 224 + ToTensor), zrguo/CGGM:src/foodtrain.py.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,25 +78,92 @@ def cache_key(models: dict[str, Path], image_norm: str, text_length: int) -> str
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+HASH_ALL_LIMIT = 2 * 2**30
+"""image trees up to this many bytes are keyed by the SHA-256 of every image; larger ones by each
+image's size and mtime_ns (a full read of a 100k-image tree would cost minutes on every load)"""
+
+
+def image_digests(paths: list[Path], root: Path) -> dict[str, str]:
+    """{image path relative to root: "sha256:<hex16>" or "stat:<size>:<mtime_ns>"}, the key of the images
+    a feature cache was computed from (missing files: "missing")."""
+    stats = {}
+    for p in paths:
+        try:
+            stats[p] = p.stat()
+        except FileNotFoundError:
+            stats[p] = None
+    total = sum(st.st_size for st in stats.values() if st is not None)
+    out = {}
+    for p, st in stats.items():
+        rel = os.path.relpath(p, root)
+        if st is None:
+            out[rel] = "missing"
+        elif total <= HASH_ALL_LIMIT:
+            out[rel] = "sha256:" + file_sha256(p)[:16]
+        else:
+            out[rel] = f"stat:{st.st_size}:{st.st_mtime_ns}"
+    return out
+
+
+def stale_images(manifest: dict, digests: dict[str, str]) -> list[str] | None:
+    """Images whose digest differs from the cache manifest's ([] when fresh; None: manifest lacks them)."""
+    before = manifest.get("images")
+    if before is None:
+        return None
+    return sorted(k for k in set(before) | set(digests) if before.get(k) != digests.get(k))
+
+
+def cache_status(root: Path, ds, split: str, folder: Path) -> tuple[str, list[str] | None]:
+    """("fresh" | "stale" | "absent" | "unkeyed", changed images) of the feature cache `folder` for one
+    split; "unkeyed": written by an earlier version, without image digests."""
+    try:
+        manifest = json.loads((folder / f"{split}.json").read_text())
+    except (OSError, ValueError):
+        return "absent", []
+    if manifest.get("source_sha256") != file_sha256(root / f"{split}.json"):
+        return "stale", [f"{split}.json"]
+    changed = stale_images(manifest, image_digests([image_path(root, p) for p in ds["img_path"]], root))
+    if changed is None:
+        return "unkeyed", []
+    return ("stale" if changed else "fresh"), changed
+
+
 def cached_features(ds, root: Path, split: str, *, models, image_norm, text_length, cache: Path, device=None,
                     batch_size: int = 64, num_workers: int = 0) -> dict:
     """{"image": (N, 197, d) float16 memmap, "text": (N, L, d) float16 memmap, "dir": cache folder}.
 
-    Reuses the cache when its manifest matches the split file's SHA-256; otherwise extracts.
+    Reuses the cache when its manifest matches the split file's SHA-256 and the digests of every image
+    (`image_digests`); otherwise extracts, and says why when an existing cache is stale. One process
+    extracts at a time (a lock beside the cache); temporary files of killed extractions are removed.
     """
+    from .base import disk_errors, pid_alive, writer_lock
+
     folder = cache / cache_key(models, image_norm, text_length)
-    source = file_sha256(root / f"{split}.json")
     manifest = folder / f"{split}.json"
-    try:
-        ok = json.loads(manifest.read_text()).get("source_sha256") == source
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
-        _extract(ds, root, split, folder, models=models, image_norm=image_norm, text_length=text_length,
-                 device=device, batch_size=batch_size, num_workers=num_workers)
-        atomic_write_json(manifest, {"split": split, "source_sha256": source, "samples": len(ds),
-                                     "models": {k: str(v) for k, v in models.items()}, "image_norm": image_norm,
-                                     "text_length": text_length, "dtype": "float16"})
+    with disk_errors(folder), writer_lock(folder / f".{split}.lock", f"the {split} features in {folder}"):
+        for tmp in folder.glob(f".{split}.*.npy.tmp"):
+            if not pid_alive(int(tmp.name.split(".")[-3])):
+                tmp.unlink(missing_ok=True)
+        status, changed = cache_status(root, ds, split, folder)
+        if status == "unkeyed":  # recomputing would cost hours on the real data: record the digests now
+            print(f"UPMC-Food101: the cached {split} features in {folder} predate image checksums; recording "
+                  f"the current images' digests (if you changed images since they were computed, delete {folder})",
+                  file=sys.stderr, flush=True)
+            manifest_data = json.loads(manifest.read_text())
+            atomic_write_json(manifest, manifest_data | {
+                "images": image_digests([image_path(root, p) for p in ds["img_path"]], root)})
+        elif status != "fresh":
+            if status == "stale":
+                print(f"UPMC-Food101: the cached {split} features in {folder} are stale: {len(changed)} source "
+                      f"file(s) changed since they were computed (e.g. {', '.join(changed[:3])}); recomputing them",
+                      file=sys.stderr, flush=True)
+            digests = image_digests([image_path(root, p) for p in ds["img_path"]], root)
+            _extract(ds, root, split, folder, models=models, image_norm=image_norm, text_length=text_length,
+                     device=device, batch_size=batch_size, num_workers=num_workers)
+            atomic_write_json(manifest, {"split": split, "source_sha256": file_sha256(root / f"{split}.json"),
+                                         "samples": len(ds), "images": digests,
+                                         "models": {k: str(v) for k, v in models.items()}, "image_norm": image_norm,
+                                         "text_length": text_length, "dtype": "float16"})
     out = {m: np.load(folder / f"{split}.{m}.npy", mmap_mode="r") for m in ("image", "text")}
     for m, x in out.items():
         if len(x) != len(ds):
@@ -126,6 +195,21 @@ def decode_image(path: Path):
         return None, "the file does not exist"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return None, f"it cannot be decoded ({err})"
+
+
+def header_problem(path: Path) -> str | None:
+    """Why `path` has no readable image header (format and size; no pixel is decoded), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.size[0] < 1 or im.size[1] < 1:
+                return f"its header gives the size {im.size}"
+    except FileNotFoundError:
+        return "the file does not exist"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"its header cannot be read ({err})"
+    return None
 
 
 def image_problem(path: Path) -> str | None:
@@ -184,6 +268,9 @@ def _extract(ds, root, split, folder, *, models, image_norm, text_length, device
     tmp = {m: folder / f".{split}.{m}.{os.getpid()}.npy.tmp" for m in shapes}
     try:
         out = {m: np.lib.format.open_memmap(tmp[m], mode="w+", dtype=np.float16, shape=s) for m, s in shapes.items()}
+        for m in shapes:  # reserve the space now: a full disk under a memory map kills the process (SIGBUS)
+            with open(tmp[m], "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp[m]))
         loader = torch.utils.data.DataLoader(_Samples(ds, root, tokenizer, processor, image_norm, text_length),
                                              batch_size=batch_size, num_workers=num_workers)
         start = 0

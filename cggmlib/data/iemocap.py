@@ -30,7 +30,8 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..tasks import Classification
-from .base import Data, DoctorReport, Ragged, TensorLoader, card, check_options
+from .base import (ABSURD, Data, DoctorReport, Ragged, TensorLoader, absurd_values, card, check_options, limit_text,
+                   scan_bar)
 from .standins import is_standin
 
 CARD = card("iemocap")
@@ -41,6 +42,9 @@ DIMS = {"text": 1024, "audio": 130, "vision": 342}
 OFFICIAL_PAD = {"text": 22, "audio": 350, "vision": 50}
 """lengths the official code assumes (get_seq_len); only audio's 350 is enforced there (by crashing)"""
 SPLITS = {"train": "trn", "val": "val", "test": "tst"}
+LIMITS = {"text": ABSURD, "vision": ABSURD, "audio": 1e15}
+"""|x| above this is damaged data (doctor); raw ComParE audio frames keep their own scales (the loader
+standardises them with the fold statistics), so they get a wider bound than the fed-as-is features"""
 NUM_CLASSES, NUM_FOLDS = 4, 10
 
 
@@ -237,23 +241,30 @@ def load(path, *, batch_size: int = 64, seed: int = 0, fold: int = 1, max_len=No
                       "source": "stand-in written by cggm make-standin" if standin else "MMIN feature release"})
 
 
-def _scan(h5: h5py.File, f: Path, m: str) -> tuple[dict, list[str]]:
-    """Lengths and non-finite count of every utterance in one feature file, and its malformed entries."""
-    lengths, bad, nonfinite = [], [], 0
-    for name, ds in h5.items():
+def _scan(h5: h5py.File, f: Path, m: str, bar: bool = False) -> tuple[dict, list[str]]:
+    """Lengths, non-finite count and absurd values (|x| > LIMITS[m]: count, first utterance, largest) of
+    every utterance in one feature file, and its malformed entries."""
+    lengths, bad, nonfinite, absurd = [], [], 0, [0, None, 0.0]
+    for name, ds in scan_bar(h5.items(), f.name, bar):
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[1] != DIMS[m]:
             bad.append(f"{name} {getattr(ds, 'shape', 'group')}")
             continue
         lengths.append(ds.shape[0])
         try:
-            nonfinite += int((~np.isfinite(ds[()])).sum())
+            x = ds[()]
         except (OSError, ValueError):
             bad.append(f"{name} (unreadable)")
-    return {"n": len(h5), "lengths": lengths, "nonfinite": nonfinite}, bad
+            continue
+        nonfinite += int((~np.isfinite(x)).sum())
+        count, _, largest = absurd_values(x, LIMITS[m])
+        if count:
+            absurd = [absurd[0] + count, absurd[1] or name, max(absurd[2], largest)]
+    return {"n": len(h5), "lengths": lengths, "nonfinite": nonfinite, "absurd": absurd}, bad
 
 
-def check(path) -> DoctorReport:
-    """`cggm doctor`: files, per-utterance shapes, non-finite values, fold statistics, folds, labels and ids."""
+def check(path, full: bool = False) -> DoctorReport:
+    """`cggm doctor`: files, per-utterance shapes, non-finite and absurd values, fold statistics, folds,
+    labels and ids. HDF5 values are read in both modes (`full` adds progress bars)."""
     root = Path(path)
     report = DoctorReport("iemocap", root)
     if not root.is_dir():
@@ -266,7 +277,7 @@ def check(path) -> DoctorReport:
         try:
             f = _file(root, rel)
             with open_h5(f) as h5:
-                st, bad = _scan(h5, f, m)
+                st, bad = _scan(h5, f, m, full)
                 keys[m] = set(h5)
         except DataError as err:
             report.add(rel, "missing or unreadable", False, str(err))
@@ -275,6 +286,11 @@ def check(path) -> DoctorReport:
         report.add(rel, f"{st['n']} utterances of (T, {DIMS[m]}), {span}", not bad,
                    f"{rel}: {len(bad)} entries are not (T, {DIMS[m]}) arrays, e.g. {bad[:3]} (see {CARD})")
         report.add(f"{rel} non-finite", f"{st['nonfinite']} -> replaced by 0 on load" if st["nonfinite"] else "none")
+        count, first, largest = st["absurd"]
+        report.add(f"{rel} |x| <= {limit_text(LIMITS[m])}", f"{count} above (largest {largest:.3g})" if count else "yes",
+                   not count, f"{rel}: {count} value(s) with |x| > {limit_text(LIMITS[m])} (largest {largest:.3g}), first in "
+                   f"utterance {first!r}: the file is damaged (training on it overflows); download it again "
+                   f"(see {CARD})")
         if m == "audio":
             longer = sum(t > OFFICIAL_PAD["audio"] for t in st["lengths"])
             report.add("audio longer than 350 frames", f"{longer} (the official collate crashes on these; "
@@ -303,4 +319,7 @@ def check(path) -> DoctorReport:
                               f"lengths; re-download the features (see {CARD})")
         report.add(f"fold {fold}: N [class counts]", "; ".join(parts), not errors)
         report.problems.extend(errors)
+    npy = len(list((root / "target").glob("*/*.npy")))
+    report.add("verified", f"read every key, shape and value of {len(keys)}/{len(FILES)} feature file(s), "
+               f"the fold statistics and {npy} target file(s)")
     return report

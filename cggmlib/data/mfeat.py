@@ -121,8 +121,9 @@ def load(path, *, batch_size: int = 64, seed: int = 0, split=(0.6, 0.2, 0.2), da
                       "data_seed": data_seed, "standardize": standardize, "views": chosen, "card": CARD})
 
 
-def check(path) -> DoctorReport:
-    """`cggm doctor`: which copy is used, shapes, labels, class balance and finiteness of every view."""
+def check(path, full: bool = False) -> DoctorReport:
+    """`cggm doctor`: which copy is used, shapes, labels, class balance and finiteness of every view
+    (six small text files: read in full in both modes)."""
     path = Path(path)
     report = DoctorReport("mfeat", path)
     present = _uci_present(path)

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import DataError
 from ..tasks import Regression
-from .base import Data, DoctorReport, TensorLoader, card, check_options
+from .base import ABSURD, Data, DoctorReport, TensorLoader, absurd_values, card, check_options, limit_text
 from .standins import is_standin
 
 CARD = card("mosi")
@@ -119,7 +119,7 @@ def split_arrays(d, split: str, file: Path) -> tuple[dict, np.ndarray, dict]:
     """Validated arrays of one split: ({m: (N, T, d) float32 with non-finite → 0}, labels (N,), stats)."""
     layout = _layout(d, split, file)
     label_key = "labels" if layout == "mult" else "regression_labels"
-    stats = {"layout": layout, "shapes": {}, "dtypes": {}, "nonfinite": {}}
+    stats = {"layout": layout, "shapes": {}, "dtypes": {}, "nonfinite": {}, "absurd": {}}
     inputs = {}
     for m in MODALITIES:
         stats["dtypes"][m] = str(getattr(d[m], "dtype", type(d[m]).__name__))
@@ -128,6 +128,7 @@ def split_arrays(d, split: str, file: Path) -> tuple[dict, np.ndarray, dict]:
         stats["nonfinite"][m] = int(bad.sum())
         if stats["nonfinite"][m]:
             x = np.where(bad, np.float32(0), x)
+        stats["absurd"][m] = absurd_values(x)
         inputs[m], stats["shapes"][m] = x, tuple(x.shape)
     y = _array(d[label_key], file, f"{split}/{label_key}", 0)
     field = f"{split}/{label_key}"
@@ -182,6 +183,10 @@ def load(path, *, batch_size: int = 64, seed: int = 0, aligned: bool = True, fil
     if total:
         warnings.warn(f"CMU-MOSI: {total} non-finite feature values in {target.name} replaced by 0 "
                       f"(per split and modality: {nonfinite}); see {CARD}", stacklevel=2)
+    for s, (_, _, st) in splits.items():
+        for m, (count, first, largest) in st["absurd"].items():
+            if count:
+                warnings.warn(_absurd_message(target, SPLITS[s], m, count, first, largest), stacklevel=2)
     loaders = {s: TensorLoader({m: torch.from_numpy(x) for m, x in inputs.items()}, torch.from_numpy(y),
                                batch_size, shuffle=shuffle and s == "train", seed=seed,
                                drop_last=drop_last and s == "train")
@@ -198,8 +203,15 @@ def load(path, *, batch_size: int = 64, seed: int = 0, aligned: bool = True, fil
                       "card": CARD})
 
 
-def check(path) -> DoctorReport:
-    """`cggm doctor`: every MOSI pickle in `path` — keys, shapes, dtypes, labels, non-finite values, splits."""
+def _absurd_message(file: Path, split: str, m: str, count: int, first: int, largest: float) -> str:
+    return (f"CMU-MOSI: {file.name} {split}/{m} holds {count} value(s) with |x| > {limit_text(ABSURD)} (largest {largest:.3g}), "
+            f"first at sample {first} of the {split} split: the file is damaged (training on it overflows); "
+            f"download it again (see {CARD})")
+
+
+def check(path, full: bool = False) -> DoctorReport:
+    """`cggm doctor`: every MOSI pickle in `path` — keys, shapes, dtypes, labels, non-finite and absurd
+    values, splits. A pickle has no header to read alone, so both modes read every pickle in full."""
     path = Path(path)
     report = DoctorReport("mosi", path)
     if not path.is_dir():
@@ -233,9 +245,14 @@ def check(path) -> DoctorReport:
                        f"{st['label_shape']} in [{st['label_range'][0]:.2f}, {st['label_range'][1]:.2f}]")
             bad = {m: c for m, c in st["nonfinite"].items() if c}
             report.add(f"{file.name} {key} non-finite", f"{bad} -> replaced by 0 on load" if bad else "none")
+            huge = {m: v for m, v in st["absurd"].items() if v[0]}
+            report.add(f"{file.name} {key} |x| <= {limit_text(ABSURD)}", ", ".join(f"{m}: {v[0]} above" for m, v in huge.items())
+                       or "yes", not huge, "; ".join(_absurd_message(file, key, m, *v) for m, v in huge.items()))
         if len(stats) == len(SPLITS):
             try:
                 _check_dims(stats, file)
             except DataError as err:
                 report.add(f"{file.name} feature sizes", "differ across splits", False, str(err))
+    report.add("verified", f"read every key, shape and value of {len(files)}/{len(files)} pickle(s) "
+               "(a pickle has no separate header)")
     return report

@@ -22,6 +22,8 @@ from . import mark
 BASE = {"flair": 300.0, "t1ce": 450.0, "t1": 500.0, "t2": 350.0}
 #: intensity factor per modality in (whole tumour, enhancing shell, necrotic core)
 CONTRAST = {"flair": (2.2, 2.2, 2.2), "t1ce": (1.0, 1.5, 0.8), "t1": (1.0, 1.0, 0.88), "t2": (1.12, 1.12, 1.12)}
+LAYOUT = ("BraTS2021_*/BraTS2021_*_*.nii.gz",)
+"""the files this writer creates (`write_standin` recognises a stand-in killed before its marker by them)"""
 
 
 def case_ids(n: int) -> list[str]:

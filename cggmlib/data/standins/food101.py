@@ -20,6 +20,8 @@ FILLER = ("ingredients cup cups tablespoon teaspoon salt pepper water oil olive 
           "cream garlic onion minutes heat add mix stir bake serve until the and with of into large small fresh "
           "chopped sliced recipe cook pan oven bowl").split()
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+LAYOUT = ("train.json", "test.json", "images/*/*/*.jpg", "models/bert-base-uncased/*", "models/vit-base-patch16-224/*")
+"""the files this writer creates (`write_standin` recognises a stand-in killed before its marker by them)"""
 
 
 def write(path, seed: int = 0, classes: int = 5, train: int = 240, test: int = 80, image_size: int = 64,

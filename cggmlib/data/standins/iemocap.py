@@ -14,12 +14,14 @@ weaker, vision weakest (class order arbitrary). Class frequencies follow the 4-c
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from . import atomic_path, mark, save_npy
+from ...runs import atomic_write_bytes
+from . import mark, save_npy
 
 DIMS = {"text": 1024, "audio": 130, "vision": 342}
 FILES = {"text": "L/bert_large.h5", "audio": "A/comparE.h5", "vision": "V/denseface.h5"}
@@ -27,6 +29,8 @@ STRENGTH = {"text": 8.0, "audio": 2.5, "vision": 2.0}
 """norm of each class prototype, in units of the per-coordinate, per-utterance nuisance"""
 CLASS_FREQ = np.array([1708, 1636, 1103, 1084]) / 5531
 SPEAKERS = [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"]
+LAYOUT = (*FILES.values(), "A/comparE_mean_std.h5", "target/*/*_label.npy", "target/*/*_int2name.npy")
+"""the files this writer creates (`write_standin` recognises a stand-in killed before its marker by them)"""
 
 
 def _lengths(rng, n: int, long_audio: int) -> dict:
@@ -47,11 +51,21 @@ def _features(rng, y: np.ndarray, lengths: dict) -> dict:
     return out
 
 
-def _write_h5(path: Path, names: list[str], seqs: list[np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            for name, x in zip(names, seqs):
-                h5.create_dataset(name, data=x)
+def _write_h5(path: Path, tree: dict) -> None:
+    """Write {name: array, or {name: array}} as HDF5 datasets (groups), built in memory and then written
+    atomically: h5py crashes the process (a segmentation fault) when the disk fills up under it, while
+    our writer reports "disk full" cleanly."""
+    def fill(group, items):
+        for key, value in items.items():
+            if isinstance(value, dict):
+                fill(group.create_group(key), value)
+            else:
+                group.create_dataset(key, data=value)
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        fill(h5, tree)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write(path: Path, seed: int = 0, utterances: int = 300, long_audio: int = 2, folds: int = 10) -> Path:
@@ -66,23 +80,22 @@ def write(path: Path, seed: int = 0, utterances: int = 300, long_audio: int = 2,
     lengths = _lengths(rng, n, int(long_audio))
     feats = _features(rng, y, lengths)
     for m, rel in FILES.items():
-        _write_h5(path / rel, names, feats[m])
+        _write_h5(path / rel, dict(zip(names, feats[m])))
     onehot = np.eye(4, dtype=np.float32)[y]
     ids = np.array([[name.encode()] for name in names])
-    with atomic_path(path / "A/comparE_mean_std.h5") as tmp, h5py.File(tmp, "w") as h5:
-        for fold in range(1, int(folds) + 1):
-            test_spk = fold - 1
-            val_spk = test_spk + 1 if test_spk % 2 == 0 else test_spk - 1  # the session's other speaker
-            parts = {"tst": speaker == test_spk, "val": speaker == val_spk}
-            parts["trn"] = ~(parts["tst"] | parts["val"])
-            for split, mask in parts.items():
-                idx = np.flatnonzero(mask)
-                save_npy(path / "target" / str(fold) / f"{split}_label.npy", onehot[idx])
-                save_npy(path / "target" / str(fold) / f"{split}_int2name.npy", ids[idx])
-            frames = np.concatenate([feats["audio"][i] for i in np.flatnonzero(parts["trn"])])
-            g = h5.create_group(str(fold))
-            g.create_dataset("mean", data=frames.mean(0).astype(np.float32))
-            g.create_dataset("std", data=frames.std(0).astype(np.float32))
+    stats = {}
+    for fold in range(1, int(folds) + 1):
+        test_spk = fold - 1
+        val_spk = test_spk + 1 if test_spk % 2 == 0 else test_spk - 1  # the session's other speaker
+        parts = {"tst": speaker == test_spk, "val": speaker == val_spk}
+        parts["trn"] = ~(parts["tst"] | parts["val"])
+        for split, mask in parts.items():
+            idx = np.flatnonzero(mask)
+            save_npy(path / "target" / str(fold) / f"{split}_label.npy", onehot[idx])
+            save_npy(path / "target" / str(fold) / f"{split}_int2name.npy", ids[idx])
+        frames = np.concatenate([feats["audio"][i] for i in np.flatnonzero(parts["trn"])])
+        stats[str(fold)] = {"mean": frames.mean(0).astype(np.float32), "std": frames.std(0).astype(np.float32)}
+    _write_h5(path / "A/comparE_mean_std.h5", stats)
     mark(path, "iemocap", seed, {"utterances": n, "long_audio": int(long_audio), "folds": int(folds)},
          writer=__name__)
     return path

@@ -24,6 +24,8 @@ DIMS = {"text": 300, "audio": 5, "vision": 20}
 STRENGTH = {"text": 3.0, "audio": 0.8, "vision": 0.6}
 """signal per unit of sentiment along each modality's direction, in units of the per-segment nuisance"""
 UNALIGNED_LEN = {"text": 50, "audio": 375, "vision": 500}
+LAYOUT = ("mosi_data.pkl", "mosi_data_noalign.pkl")
+"""the files this writer creates (`write_standin` recognises a stand-in killed before its marker by them)"""
 
 
 def _modality(rng, score, direction, strength: float, steps: int, dim: int) -> np.ndarray:
