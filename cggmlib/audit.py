@@ -91,7 +91,7 @@ def official_name_scaling(model, coeff: list[float], rho: float, substrings=OFFI
 
 def explosions(steps: pd.DataFrame, big: float = 10.0) -> dict:
     """How often the coefficient misbehaved in a run: steps with some |B_m| > big, some B_m < 0, the
-    largest |B_m|, |L_gm| and loss, and the largest gradient norm before clipping (reference §8)."""
+    largest |B_m|, |L_gm| and loss, and the largest gradient norm before clipping (docs/methods.md, edge cases)."""
     cols = [c for c in steps.columns if c.startswith("balance/")]
     b = steps[cols].astype(float) if cols else pd.DataFrame(index=steps.index)
     lgm = steps["l_gm"].astype(float).abs() if "l_gm" in steps else pd.Series(dtype=float)

@@ -15,7 +15,7 @@ LABELS = {"acc_head": "ε of f_m (train batch)", "coeff": "gradient scale applie
           "grad_norm": "‖∇ encoder‖ (before)", "grad_norm_mod": "‖∇ encoder‖ (after)",
           "cos_grad": "cos of out-layer ∇", "cos_weight": "cos of out-layer W",
           "loss_head": "loss of f_m", "balance": "B_m (no ρ)", "delta": "Δε_m"}
-#: quantities whose official values can explode (reference §8): drawn on a symmetric log scale
+#: quantities whose official values can explode (docs/methods.md, edge cases): drawn on a symmetric log scale
 HEAVY_TAILED = ("coeff", "balance", "l_gm")
 
 
@@ -87,7 +87,7 @@ def save(fig, stem, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
     return paths
 
 
-# --- the paper's figures (Guo et al., NeurIPS 2024; reference §5 and §9) --------------------------
+# --- the paper's figures (Guo et al., NeurIPS 2024) --------------------------
 
 FUSED = ("val/acc2", "val/acc", "val/dice_mean")
 

@@ -1,6 +1,6 @@
 """Figure 4 of the CGGM paper: classifier gradients against unimodal gradients, and their t-SNE.
 
-Guo et al., NeurIPS 2024, Sec. 3.3.2 and Fig. 4 (reference §5, §9): the ideal "unimodal gradient" of
+Guo et al., NeurIPS 2024, Sec. 3.3.2 and Fig. 4: the ideal "unimodal gradient" of
 modality m feeds only h_m into the fusion module (the others replaced by zeros) and differentiates the
 task loss with respect to the fused prediction head; CGGM argues that the gradient of the classifier
 f_m's output layer points the same way, and uses it instead. One point per batch and modality:

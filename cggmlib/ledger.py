@@ -3,7 +3,7 @@
 Guo et al., "Classifier-guided Gradient Modulation for Enhanced Multimodal Learning", NeurIPS 2024.
 The paper's tables are images that could not be read; `paper_numbers.csv` (package data) holds every
 cell of Tables 1–8 the companion prints, one row per (table, dataset, method, metric). The few known
-numbers carry their source (reference §4 and §9); every other cell is present with an **empty value**,
+numbers carry their source; every other cell is present with an **empty value**,
 for users to fill in from the PDF. Numbers quoted by one third party only are flagged
 `single_source=yes`. No number here is ever presented as reproduced: tables print it as "paper"
 beside "ours".

@@ -2,7 +2,7 @@
 
 Guo et al., NeurIPS 2024, App. C: the classifiers update only themselves and pass no gradient to the
 encoders, so their cost is small (8 to 24 MB per an AI-written summary; per-dataset values unknown,
-reference §4.8). Measured here on the run's own model and first training batch:
+Table 8). Measured here on the run's own model and first training batch:
 
 - `classifier_params`, `param_mb`: parameters of every f_m, exactly (numel × element size);
 - `optimizer_state_mb`: the classifiers' optimizer state after one step, exactly (Adam: two moments,

@@ -10,7 +10,7 @@ A run lives in `results/<profile>/<dataset>/<label>/seed<k>/`, where `label` nam
 (`Config.key()`): a completed folder whose key matches is skipped, one of another configuration is
 moved aside to `results/<profile>/.superseded/` and trained afresh.
 
-Paper items (Guo et al., NeurIPS 2024; reference §4, §5, §9): Tables 2–4 are the `main` group
+Paper items (Guo et al., NeurIPS 2024): Tables 2–4 are the `main` group
 (single-modality rows, joint training and every compared method of Sec. 4.3 on the four datasets),
 Table 5 `table5`, Table 6 and Fig. 6 `table6` (IEMOCAP; ρ = 1.0, λ = 0.1 per a public summary), Fig. 5
 `fig5` (ρ and λ sweeps on IEMOCAP; grid values unknown, ours below), Figs. 2–3 and 7 `dynamics`, Fig. 4
@@ -36,7 +36,7 @@ COMPARED = ("joint", "mrd", "mslr", "gblending", "greedy", "ogm", "agm", "pmr", 
             "reconboost", "cggm")
 NOT_APPLICABLE = {("pmr", "regression"): "PMR needs class labels (per-class prototypes); MOSI is a regression task"}
 ARTIFACTS = {"gradients": "gradients.npz", "memory": "memory.json"}
-#: Table 6 (IEMOCAP): label -> CGGM options (ρ = 1.0, λ = 0.1 per a public summary, reference §4.6)
+#: Table 6 (IEMOCAP): label -> CGGM options (ρ = 1.0, λ = 0.1 per a public summary)
 ABLATION = {"cggm.magnitude": {"rho": 1.0, "lam": 0.0}, "cggm.direction": {"magnitude": False, "lam": 0.1},
             "cggm.both": {"rho": 1.0, "lam": 0.1}}
 #: audit variants beside the official CGGM run

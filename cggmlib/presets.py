@@ -1,7 +1,7 @@
 """Hyperparameter presets per dataset: `paper` (Table 7 as the official code sets it) and `smoke` (CPU).
 
 The paper's Table 7 values could not be read from the PDF; the `paper` preset holds the official
-code's defaults (reference §4.7: zrguo/CGGM run/*.py and src/*.py). Where the paper's text names
+code's defaults (zrguo/CGGM run/*.py and src/*.py). Where the paper's text names
 something else (AdamW for IEMOCAP, soft Dice + 1·CE for BraTS), a comment says so.
 
 Three tables, each `{dataset: {preset: {...}}}`:

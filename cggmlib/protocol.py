@@ -10,7 +10,7 @@ import torch
 
 from .trace import Trace
 
-#: dataset -> (split, metric) whose best value over epochs the official scripts print (reference D5):
+#: dataset -> (split, metric) whose best value over epochs the official scripts print (docs/methods.md, D5):
 #: best validation Acc-2 (MOSI), accuracy (IEMOCAP), Dice (BraTS, intended; the script prints 0),
 #: and for Food101 the best *test* accuracy (its "valid" loader is the test split).
 OFFICIAL_NUMBER = {"mosi": ("val", "acc2"), "iemocap": ("val", "acc"), "food101": ("test", "acc"),

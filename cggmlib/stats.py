@@ -1,6 +1,6 @@
 """Multi-seed statistics: mean ± std with a Student-t 95% interval, and paired seed-wise comparisons.
 
-The paper reports single numbers with no error bars (its checklist says so, reference §9); these
+The paper reports single numbers with no error bars (its checklist says so); these
 helpers let every table of the companion say how much a number moves with the seed. Intervals use
 the t distribution with n − 1 degrees of freedom (scipy.stats.t), the usual choice for a handful of
 seeds; with n = 1 there is no spread to estimate and std and the interval are NaN, never 0.

@@ -1,6 +1,6 @@
 """The CGGM paper's Tables 1–8 as DataFrames built from run folders, and their CSV/Markdown/LaTeX files.
 
-Guo et al., NeurIPS 2024 (reference §4). Every results table prints, per metric, the paper's number
+Guo et al., NeurIPS 2024. Every results table prints, per metric, the paper's number
 (from the ledger, cggmlib/paper_numbers.csv; † = quoted by one third party only), ours as mean ± std
 over seeds, and the difference, flagged when beyond the ledger's tolerance. Stand-in results are
 marked and never compared. A `run cards` column cites the run_card.json files behind each row

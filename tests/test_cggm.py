@@ -1,5 +1,5 @@
 """CGGM: formulas against hand-computed numbers, which gradients each part touches, the variants,
-and a golden test against a transcription of the official training step (reference §1.7)."""
+and a golden test against a transcription of the official training step (src/msatrain.py:62–134)."""
 import math
 
 import pytest
@@ -44,7 +44,7 @@ def test_direction_loss_by_hand():
 
 
 def test_official_coefficients_explode_when_gains_cancel_and_guard_prevents_it():
-    # reference §8: accuracies move in steps of 1/64; gains +1/64, −1/64, 0 cancel exactly
+    # accuracies move in steps of 1/64; gains +1/64, −1/64, 0 cancel exactly
     delta = torch.tensor([1 / 64, -1 / 64, 0.0])
     official = balance_coefficients(delta)
     assert float(official.abs().max()) > 1e5
@@ -200,7 +200,7 @@ def test_any_number_and_names_of_modalities():
 # ----------------------------------------------------------------------------- golden test
 
 class OfficialStep:
-    """Transcription of the released step (zrguo/CGGM src/msatrain.py, reference §1.7): positional
+    """Transcription of the released step (zrguo/CGGM src/msatrain.py:62–134): positional
     lists, ΣΔ + 1e-8, cosine of cloned output-layer weights, L_gm added one step later."""
 
     def __init__(self, model, heads, rho, lam, clip, lr, cls_lr):

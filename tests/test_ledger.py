@@ -8,7 +8,7 @@ import pytest
 from cggmlib import ledger as L
 from cggmlib.errors import ConfigError
 
-#: reference §4 and §9, exactly: (table, dataset, method, metric) -> (value, single source)
+#: the known paper numbers, exactly: (table, dataset, method, metric) -> (value, single source)
 KNOWN = {
     ("table1", "food101", "-", "modalities"): (2, False), ("table1", "mosi", "-", "modalities"): (3, False),
     ("table1", "iemocap", "-", "modalities"): (3, False), ("table1", "brats2021", "-", "modalities"): (4, False),

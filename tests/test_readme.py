@@ -1,4 +1,5 @@
-"""The README's code works: the bring-your-own examples run as written, and the commands it names exist."""
+"""The README's and docs' code works: the bring-your-own examples (docs/your_model.md) run as written,
+the commands the README names exist, and every docs page it links to exists."""
 import re
 import subprocess
 import sys
@@ -8,12 +9,13 @@ import torch
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
+YOUR_MODEL = (ROOT / "docs" / "your_model.md").read_text()
 
 
 def readme_blocks() -> list[str]:
-    """Python blocks from the one marked `<!-- tested ... -->` up to the end of that section."""
-    start = README.index("<!-- tested")
-    section = README[start:README.index("\n## ", start)]
+    """Python blocks of docs/your_model.md from the one marked `<!-- tested ... -->` to the end of that section."""
+    start = YOUR_MODEL.index("<!-- tested")
+    section = YOUR_MODEL[start:YOUR_MODEL.index("\n## ", start)]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
@@ -23,7 +25,7 @@ def test_bring_your_own_examples_run():
     torch.manual_seed(0)
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, "docs/your_model.md", "exec"), namespace)
     result = namespace["result"]
     assert 0.0 <= result.metrics["acc"] <= 1.0
     assert {"coeff/rgb", "coeff/depth", "coeff/imu"} <= set(result.trace.steps().columns)
@@ -41,3 +43,22 @@ def test_readme_make_targets_exist():
 def test_cli_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "cggmlib", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout
+
+
+def test_readme_is_a_front_door_and_its_links_resolve():
+    assert len(README.splitlines()) <= 220
+    for link in re.findall(r"\]\(((?:docs/)[^)#]+)", README):
+        assert (ROOT / link).is_file(), f"README links to {link}, which does not exist"
+    for page in (ROOT / "docs").glob("*.md"):
+        for link in re.findall(r"\]\(([\w.-]+\.md)", page.read_text()):
+            assert (ROOT / "docs" / link).is_file(), f"{page.name} links to {link}, which does not exist"
+
+
+def test_no_document_cites_a_reference_the_project_does_not_ship():
+    pattern = re.compile(r"reference §|reference D\d|shared/reference")
+    paths = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "data_cards").glob("*.md"),
+             *(ROOT / "cggmlib").rglob("*.py"), *(ROOT / "cggmlib").rglob("*.csv"), *(ROOT / "notebooks").glob("*.ipynb"),
+             *(p for p in (ROOT / "tests").glob("*.py") if p.name != "test_readme.py")]
+    for path in paths:
+        hits = [n for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+        assert not hits, f"{path.relative_to(ROOT)} lines {hits} cite a document outside the repository"
