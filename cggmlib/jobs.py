@@ -198,7 +198,8 @@ def run_steps(ctx: Context, steps: list[Step], jobs: int, log=print) -> list[dic
     for i in range(jobs):
         slots.put(i)
     records = []
-    with ProcessPoolExecutor(jobs, mp_context=mpc, initializer=_init_job, initargs=(slots, visible_gpus(), os.getpid())) as pool:
+    init = (slots, visible_gpus(), os.getpid())
+    with ProcessPoolExecutor(jobs, mp_context=mpc, initializer=_init_job, initargs=init) as pool:
         futures = [pool.submit(run_step, ctx, s) for s in steps]
         for f in as_completed(futures):
             records.append(f.result())

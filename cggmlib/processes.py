@@ -135,7 +135,10 @@ def describe(p) -> str:
 def stale(root) -> list[dict]:
     """Processes of an earlier pipeline still running with results in `root`: one dict each with the
     process, its description, whether its pipeline is alive and the run folder whose lock it holds."""
-    import psutil
+    try:
+        import psutil  # installed with ipykernel, which the pipeline needs
+    except ImportError:
+        return []
 
     from .receipts import lock_holders
 
