@@ -122,7 +122,7 @@ def describe(p) -> str:
         import psutil
 
         p = p if isinstance(p, psutil.Process) else psutil.Process(int(p))
-        cmd, age = " ".join(p.cmdline()), time.time() - p.create_time()
+        cmd, age = " ".join(" ".join(p.cmdline()).split()), time.time() - p.create_time()  # one line
     except ImportError:
         return f"pid {p}"
     except psutil.Error:
