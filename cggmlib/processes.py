@@ -133,8 +133,9 @@ def describe(p) -> str:
 
 
 def stale(root) -> list[dict]:
-    """Processes of an earlier pipeline still running with results in `root`: one dict each with the
-    process, its description, whether its pipeline is alive and the run folder whose lock it holds."""
+    """Processes of an earlier pipeline still running with results in `root`, and any other process holding
+    a run folder's lock there: one dict each with the process, its description, its pipeline's pid (None
+    when unmarked), whether that pipeline is alive and the run folders whose locks it holds."""
     try:
         import psutil  # installed with ipykernel, which the pipeline needs
     except ImportError:
@@ -152,7 +153,11 @@ def stale(root) -> list[dict]:
         if pipeline == os.getpid():
             continue
         out.append({"process": p, "description": describe(p), "pipeline": pipeline,
-                    "pipeline_alive": psutil.pid_exists(pipeline), "holds": holders.get(p.pid, [])})
+                    "pipeline_alive": psutil.pid_exists(pipeline), "holds": holders.pop(p.pid, [])})
+    for pid, folders in holders.items():  # unmarked: a notebook run by hand, or a cggmlib before the marks
+        if pid != os.getpid() and psutil.pid_exists(pid):
+            out.append({"process": psutil.Process(pid), "description": describe(pid), "pipeline": None,
+                        "pipeline_alive": False, "holds": folders})
     return out
 
 
@@ -160,7 +165,8 @@ def report_stale(root, log=print) -> list[dict]:
     """Log every process an earlier pipeline left running in `root` (nothing when there is none)."""
     found = stale(root)
     for s in found:
-        whose = (f"another cggm reproduce (pid {s['pipeline']}) still running" if s["pipeline_alive"]
+        whose = ("no cggm reproduce (a notebook run by hand, or an older cggmlib)" if s["pipeline"] is None
+                 else f"another cggm reproduce (pid {s['pipeline']}) still running" if s["pipeline_alive"]
                  else f"a pipeline that is gone (pid {s['pipeline']})")
         held = f"; it holds run folder(s) {', '.join(map(str, s['holds']))}, which wait for it" if s["holds"] else ""
         log(f"warning: {s['description']} of {whose} is still working in {root}{held}; "

@@ -188,6 +188,22 @@ def test_a_rerun_names_the_stale_process_that_holds_a_run_folder(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+    assert processes.stale(root) == []
+
+
+def test_a_rerun_names_an_unmarked_process_that_holds_a_run_folder(tmp_path):
+    """A notebook run by hand (or an older cggmlib) carries no pipeline marks; its lock still names it."""
+    root = tmp_path / "results" / "ci"
+    folder = root / "mfeat" / "cggm" / "seed0"
+    holder = _holder(folder, _marked_env(uuid.uuid4().hex))
+    try:
+        lines = []
+        found = processes.report_stale(root, log=lines.append)
+        assert [(s["process"].pid, s["pipeline"], s["holds"]) for s in found] == [(holder.pid, None, [folder])]
+        assert f"pid {holder.pid}" in lines[0] and "run by hand" in lines[0]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 LEAKY = '''
