@@ -8,6 +8,8 @@
   trains it, so a rerun never trains a folder that an orphaned kernel is still writing.
 - `--jobs N` runs worker and report notebooks in N processes, each with `threads` CPU threads and,
   on a machine with several GPUs, pinned to one GPU through CUDA_VISIBLE_DEVICES.
+- Workers and kernels end when the process that started them dies, however it dies, and a rerun
+  reports any process an earlier pipeline left working in its results (cggmlib/processes.py).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from . import errors
 from .errors import CGGMError, ConfigError
 from .pipeline import Profile, Step, get_profile, plan
+from .processes import die_with_parent, kernel_manager_class, pipeline_environment, report_stale
 from .reports import spec_status
 from .runs import atomic_write_json
 
@@ -52,6 +55,7 @@ def execute(notebook, output, parameters: dict, cwd, env: dict | None = None) ->
         try:
             pm.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name="python3",
                                 progress_bar=False, cwd=str(cwd), log_output=False,
+                                kernel_manager_class=kernel_manager_class(),  # dies with this process
                                 extra_arguments=["--log-level=CRITICAL"])  # no kernel start-up chatter
         except pm.PapermillExecutionError as err:
             failed = output.with_name(output.stem + ".failed.ipynb")
@@ -170,7 +174,9 @@ def prepare_run_dir(ctx: Context, step: Step, status: str) -> None:
         atomic_write_json(d / "config.json", cfg.to_dict())
 
 
-def _init_job(slots, gpus: list[str]) -> None:
+def _init_job(slots, gpus: list[str], parent_pid: int | None = None) -> None:
+    if parent_pid is not None:  # a pool worker: it ends with the pipeline (cggmlib/processes.py)
+        die_with_parent(parent_pid)
     slot = slots.get()
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
@@ -192,7 +198,8 @@ def run_steps(ctx: Context, steps: list[Step], jobs: int, log=print) -> list[dic
     for i in range(jobs):
         slots.put(i)
     records = []
-    with ProcessPoolExecutor(jobs, mp_context=mpc, initializer=_init_job, initargs=(slots, visible_gpus())) as pool:
+    init = (slots, visible_gpus(), os.getpid())
+    with ProcessPoolExecutor(jobs, mp_context=mpc, initializer=_init_job, initargs=init) as pool:
         futures = [pool.submit(run_step, ctx, s) for s in steps]
         for f in as_completed(futures):
             records.append(f.result())
@@ -234,12 +241,14 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int =
     started = time.time()
     log(f"cggm reproduce: profile {prof.name} ({prof.description}); {len(steps)} steps; results {ctx.root}; "
         f"data {data_root}; jobs {jobs} x {threads} threads{'; render only' if render_only else ''}")
+    report_stale(ctx.root, log)
     records = []
-    for kind, parallel in (("data", False), ("worker", True), ("report", True)):
-        group = [s for s in steps if s.kind == kind or (kind == "report" and s.kind == "explainer")]
-        if group:
-            log(f"{kind} steps ({len(group)}):")
-            records += run_steps(ctx, group, jobs if parallel else 1, log)
+    with _environment(pipeline_environment(ctx.root)):  # marks every process it starts (see `report_stale`)
+        for kind, parallel in (("data", False), ("worker", True), ("report", True)):
+            group = [s for s in steps if s.kind == kind or (kind == "report" and s.kind == "explainer")]
+            if group:
+                log(f"{kind} steps ({len(group)}):")
+                records += run_steps(ctx, group, jobs if parallel else 1, log)
     verification = verify(results, prof, data_root if data_root.is_dir() else None)
     atomic_write_json(ctx.root / "verification.json", verification.to_dict("records"))
     ledger_check = check_ledger(ledger, ctx.root)

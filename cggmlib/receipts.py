@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -72,8 +73,9 @@ _CLAIMS: dict = {}
 def claim(out_dir, timeout_s: float = 600.0) -> None:
     """Hold an exclusive lock on out_dir/.lock until this process exits (waits while another holds it).
 
-    A pipeline killed mid-run can leave its kernel alive for about a second (ipykernel exits when its
-    parent dies); the lock keeps a rerun from writing the same run folder meanwhile.
+    The lock is an advisory `flock`, which the operating system drops when its holder dies however it
+    dies, so a `.lock` file left by a dead process never blocks anyone. The holder writes its pid into
+    the file, so a process kept waiting (and `cggm reproduce`, see cggmlib/processes.py) can name it.
     """
     try:
         import fcntl
@@ -83,7 +85,7 @@ def claim(out_dir, timeout_s: float = 600.0) -> None:
     d.mkdir(parents=True, exist_ok=True)
     if str(d.resolve()) in _CLAIMS:
         return
-    f = open(d / ".lock", "w")
+    f = open(d / ".lock", "a+")  # never truncate: the holder's pid is in it
     deadline = time.time() + timeout_s
     while True:
         try:
@@ -91,10 +93,46 @@ def claim(out_dir, timeout_s: float = 600.0) -> None:
             break
         except OSError:
             if time.time() > deadline:
-                raise ResultsError(f"{d} is being written by another process (lock {d / '.lock'}); "
-                                   "wait for it to finish or stop it") from None
+                f.close()
+                raise ResultsError(f"{d} is being written by another process ({_holder(d / '.lock')}; lock "
+                                   f"{d / '.lock'}); wait for it to finish or stop it") from None
             time.sleep(0.5)
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
     _CLAIMS[str(d.resolve())] = f
+
+
+def _holder(lock: Path) -> str:
+    from .processes import describe
+
+    try:
+        return describe(int(lock.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return "pid unknown"
+
+
+def lock_holders(root) -> dict[int, list[Path]]:
+    """{pid: [run folders]} of the `.lock` files under `root` that a live process holds right now."""
+    try:
+        import fcntl
+    except ImportError:
+        return {}
+    held: dict[int, list[Path]] = {}
+    for lock in Path(root).rglob(".lock") if Path(root).is_dir() else ():
+        try:
+            with open(lock, "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    continue  # free (a file left by a dead process)
+                except OSError:
+                    f.seek(0)
+                    pid = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        held.setdefault(pid, []).append(lock.parent)
+    return held
 
 
 def train_or_load(cfg, out_dir, progress: bool = True):

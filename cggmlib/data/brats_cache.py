@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -207,7 +208,9 @@ def _prepare(cases: list[Path], cache: Path, workers: int) -> list[dict]:
     if todo and workers > 0:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        from ..processes import die_with_parent
+
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for c, meta in zip(todo, pool.map(preprocess, todo, [cache / c.name for c in todo])):
                 metas[c.name] = meta
     for c in todo if workers <= 0 else ():
