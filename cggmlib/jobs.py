@@ -122,6 +122,7 @@ class Context:
         if step.kind == "worker":
             s = step.spec
             return common | {"dataset": s.dataset, "strategy": s.strategy, "strategy_kwargs": s.strategy_kwargs,
+                             "config_kwargs": s.config_kwargs,
                              "seed": s.seed, "preset": self.profile.preset, "epochs": s.epochs or 0,
                              "data_root": str(self.data_root), "out_dir": str(s.path(self.results, self.profile)),
                              "checkpoint_every": self.profile.checkpoint_every, "artifacts": sorted(s.artifacts),
