@@ -199,3 +199,18 @@ def test_colab_profile_asks_for_drive(tmp_path):
     with pytest.raises(ConfigError, match="mount it first"):
         jobs.reproduce("colab")
     assert cg.ConfigError is ConfigError
+
+
+def test_worker_parameters_rebuild_the_runs_configuration(tmp_path):
+    """Each worker notebook gets everything its Config needs, Config fields beyond the strategy included:
+    the Config the notebook builds from its parameters has the profile's configuration key."""
+    profile = pipeline.get_profile("smoke")
+    ctx = jobs.Context(profile, tmp_path, tmp_path / "data", jobs.notebooks_folder(), threads=1)
+    workers = [s for s in pipeline.plan(profile) if s.kind == "worker"]
+    assert any(s.spec.settings for s in workers)
+    for step in workers:
+        p = ctx.parameters(step)
+        cfg = cg.Config(dataset=p["dataset"], strategy=p["strategy"], strategy_kwargs=p["strategy_kwargs"],
+                        seed=p["seed"], preset=p["preset"], epochs=p["epochs"] or None, data_root=p["data_root"],
+                        checkpoint_every=p["checkpoint_every"], **p["config_kwargs"])
+        assert cfg.key() == step.spec.config(profile).key(), step.name
