@@ -63,8 +63,29 @@ DEVIATIONS = [
 ]
 
 
-def deviations() -> pd.DataFrame:
-    return pd.DataFrame(DEVIATIONS, columns=["id", "official code", "companion", "shown in"])
+#: deviation id -> the correction runs (pipeline.FIXES labels) that measure its effect
+MEASURED_BY = {"D8": ("cggm.fix_scaled",), "2.5a": ("cggm.fix_scaled",), "2.2": ("cggm.fix_head",),
+               "P": ("cggm.fix_precision",), "2.3": ("cggm.fix_text_projection",), "W": ("cggm.fix_warmup",),
+               "S": ("cggm.fix_dice",)}
+
+
+def deviations(corrections: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The deviation table; with `fixes(runs)`, a column with each correction's measured effect
+    (test metric with the correction minus without it, per dataset and seed)."""
+    table = pd.DataFrame(DEVIATIONS, columns=["id", "official code", "companion", "shown in"])
+    if corrections is None:
+        return table
+    option = {label: FIX_NAMES[label][1] for label in FIX_NAMES}
+    effect = []
+    for dev in table["id"]:
+        parts = []
+        for label in MEASURED_BY.get(dev, ()):
+            rows = corrections[corrections["correction"] == option[label]]
+            if dev == "2.5a":
+                rows = rows[rows["dataset"] == "brats2021"]
+            parts += [f"{r.dataset} {r.metric} {r.difference:+.4g}" for r in rows.itertuples()]
+        effect.append("; ".join(parts) if parts else ("not run" if dev in MEASURED_BY else ""))
+    return table.assign(**{"measured effect of the correction": effect})
 
 
 def name_matched(model, substrings=OFFICIAL_SUBSTRINGS) -> dict:

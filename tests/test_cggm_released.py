@@ -303,6 +303,8 @@ def test_audit_corrections_table_pairs_each_fix_with_the_official_run():
     row = table.iloc[0]
     assert (row["correction"], row["official"], row["with the correction"]) == ("classifier_head='two_layer'", 1.2, 1.1)
     assert row["difference"] == pytest.approx(-0.1)
+    deviations = audit.deviations(table).set_index("id")["measured effect of the correction"]
+    assert deviations["2.2"] == "mosi mae -0.1" and deviations["S"] == "not run" and deviations["D1"] == ""
 
 
 def test_task_options_reach_the_task_and_unknown_ones_are_named():
