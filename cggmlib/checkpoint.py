@@ -2,9 +2,11 @@
 
 `checkpoint.pt` holds model, optimizer, scheduler, GradScaler, strategy state (CGGM classifiers and
 their optimizer, previous metrics, the pending L_gm), RNG states, the trace so far and the position
-(epoch, batch). `best.pt` holds the model weights (a plain state_dict, loadable with
-`model.load_state_dict(torch.load(path))`) of the epoch selected on validation, and
-`best_strategy.pt` the strategy's state of that epoch (its own heads, for strategies that have them).
+(epoch, batch), and the run's configuration; a first line holds the SHA-256 of the rest, so a damaged
+file is refused by name instead of loaded (`read_checked`). `best.pt` holds the model weights (a plain
+state_dict, loadable with `model.load_state_dict(torch.load(path))`) of the epoch selected on
+validation, and `best_strategy.pt` the strategy's state of that epoch (its own heads, for strategies
+that have them).
 """
 from __future__ import annotations
 

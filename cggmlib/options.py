@@ -8,7 +8,7 @@ The same rules hold on the command line, in `cg.Config` and in papermill paramet
 - `X | None`: also None, or the text none/null;
 - an unknown name is an error that suggests the closest declared name.
 Numbers among dataset and model options must not be negative, and an int whose default is ≥ 1 (a
-size or a count, e.g. `hidden`, `num_samples`) must be ≥ 1.
+size or a count, e.g. `hidden`, `num_samples`) must be ≥ 1; a number of layers may be 0.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def check_options(given: dict, declared: dict[str, Option], where: str, sizes: b
         out[name] = value = coerce(value, option, where)
         if sizes and isinstance(value, (int, float)) and not isinstance(value, bool):
             floor = 1 if isinstance(option.default, int) and not isinstance(option.default, bool) \
-                and option.default >= 1 else 0
+                and option.default >= 1 and not name.endswith("layers") else 0  # 0 layers: an ablation
             if value < floor:
                 raise ConfigError(f"{where} {name!r} must be >= {floor}, got {value!r}")
     return out

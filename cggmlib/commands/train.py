@@ -1,7 +1,8 @@
 """`cggm train`: one run → config.json, metrics.json, trace.jsonl, run_card.json, checkpoints.
 
 Strategy options are given as flags named after the strategy's fields, e.g.
-`cggm train --dataset synthetic --strategy cggm --rho 1.2 --lam 0.1 --variant paper --guard true`.
+`cggm train --dataset synthetic --strategy cggm --rho 1.2 --lam 0.1 --variant paper --guard yes`; each value is
+typed by the field it sets (cggmlib/options.py), so `--guard no` is False and a misspelt flag is an error.
 """
 from __future__ import annotations
 
