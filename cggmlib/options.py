@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 
 from .errors import ConfigError
 
@@ -106,6 +107,8 @@ def coerce(value, option: Option, where: str):
         raise ConfigError(f"{where} {option.name!r} must be {option.describe()}, got None")
     if bool in kinds:
         return parse_bool(value, option.name, where)
+    if str in kinds and isinstance(value, os.PathLike):
+        return os.fspath(value)  # a folder given as a Path
     if isinstance(value, str) and str not in kinds:
         value = _literal(value.strip())
     for kind in kinds:
