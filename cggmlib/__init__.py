@@ -14,6 +14,7 @@ from .data import DATASETS, Batch, Data, load_data
 from .errors import CGGMError, ConfigError, DataError, NumericsError, ResultsError
 from .experiment import run_experiment
 from .models import MODELS, MultimodalModel, Output, build_model
+from .options import check_parameters
 from .modulation import CGGM, STRATEGIES, Strategy, make_strategy
 from .runs import load_run, save_run, seed_everything
 from .trace import Trace
@@ -32,5 +33,5 @@ def __getattr__(name):  # figures import seaborn/matplotlib (seconds): load them
 
 __all__ = ["Batch", "CGGM", "CGGMError", "Config", "ConfigError", "DATASETS", "Data", "DataError", "MODELS",
            "MultimodalModel", "NumericsError", "Output", "ResultsError", "STRATEGIES", "Strategy", "Trace",
-           "TrainResult", "build_model", "evaluate", "evaluate_classifiers", "figures", "load_data", "load_run", "make_strategy", "metrics",
+           "TrainResult", "build_model", "check_parameters", "evaluate", "evaluate_classifiers", "figures", "load_data", "load_run", "make_strategy", "metrics",
            "run_experiment", "runs", "save_run", "seed_everything", "tasks", "train"]

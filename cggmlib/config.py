@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -82,6 +83,7 @@ class Config:
         for name in ("strategy_kwargs", "data_kwargs", "model_kwargs", "task_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        self._check_options()
         preset = CUSTOM_TRAIN if self.dataset == CUSTOM else train_kwargs(self.dataset, self.preset)
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None:
@@ -92,6 +94,21 @@ class Config:
         object.__setattr__(self, "strategy_kwargs", defaults | dict(self.strategy_kwargs))
         object.__setattr__(self, "device", resolve_device(self.device))
         self._validate()
+
+    def _check_options(self):
+        """Strategy, data and model options: known names, declared types (cggmlib/options.py)."""
+        from .models import model_options
+        from .modulation import strategy_class
+        from .options import check_options, data_options, dataclass_options
+
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        set_("strategy_kwargs", check_options(self.strategy_kwargs, dataclass_options(strategy_class(self.strategy)),
+                                              f"strategy {self.strategy!r} option"))
+        if self.dataset != CUSTOM:
+            set_("data_kwargs", check_options(self.data_kwargs, data_options(self.dataset),
+                                              f"{self.dataset} data option", sizes=True))
+            set_("model_kwargs", check_options(self.model_kwargs, model_options(self.dataset),
+                                               f"{self.dataset} model option", sizes=True))
 
     def _validate(self):
         def need(ok, msg):
@@ -124,11 +141,12 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def key(self) -> str:
-        """A short hash of the settings that change results (not the device or data root)."""
-        d = self.to_dict()
-        for k in ("device", "data_root", "checkpoint_every"):
-            d.pop(k)
+    def key(self, ignore: tuple = ()) -> str:
+        """A short hash of the settings that change results (not the device or data root).
+
+        `ignore`: further fields left out, e.g. ("epochs",) when a resumed run may train longer.
+        """
+        d = keyed(self.to_dict(), ignore)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @classmethod
@@ -138,6 +156,36 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown Config fields {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+
+#: fields that do not change results, so not part of Config.key()
+UNKEYED = ("device", "data_root", "checkpoint_every")
+
+
+def keyed(d: dict, ignore: tuple = ()) -> dict:
+    return {k: v for k, v in d.items() if k not in UNKEYED + tuple(ignore)}
+
+
+def config_diff(old: dict, new: dict, ignore: tuple = ()) -> list[str]:
+    """The keyed fields where two configurations (as dicts) differ, e.g. ["strategy: 'cggm' -> 'joint'"]."""
+    def pairs(a: dict, b: dict, prefix: str = ""):
+        for k in sorted(set(a) | set(b)):
+            x, y = a.get(k, "(unset)"), b.get(k, "(unset)")
+            if isinstance(x, dict) and isinstance(y, dict):
+                yield from pairs(x, y, f"{prefix}{k}.")
+            elif json.dumps(x, sort_keys=True, default=str) != json.dumps(y, sort_keys=True, default=str):
+                yield f"{prefix}{k}: {x!r} -> {y!r}"  # compared as JSON: a tuple equals its list
+
+    return list(pairs(keyed(old, ignore), keyed(new, ignore)))
+
+
+def stored_key(run_dir, ignore: tuple = ()) -> str | None:
+    """Config.key() of the configuration stored in run_dir/config.json (None when unreadable)."""
+    try:
+        d = json.loads((Path(run_dir) / "config.json").read_text())
+        return Config.from_dict(d | {"device": "cpu"}).key(ignore)  # a CUDA run must verify on a CPU-only laptop
+    except (OSError, ValueError, TypeError):  # ConfigError is a ValueError
+        return None
 
 
 def resolve_device(device: str) -> str:

@@ -3,34 +3,84 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 
 from .analysis import evaluate_classifiers
-from .config import Config
+from .checkpoint import Checkpointer
+from .config import config_diff, stored_key
 from .data import load_data
 from .errors import ConfigError, ResultsError
 from .models import build_model
 from .modulation import make_strategy
 from .distributed import is_main_process
-from .runs import ensure_writable, load_run, save_run, seed_everything
+from .runs import atomic_write_json, ensure_writable, load_run, move_aside, run_folder_lock, save_run, seed_everything
 from .protocol import TrainResult
 from .train import train
 from .trace import Trace
 
 
-def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool = False,
+def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool = False, overwrite: bool = False,
                    progress: bool = True) -> TrainResult:
-    """Train one configuration; with `out_dir`, checkpoint there and write the run folder."""
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and skip_done and (out / "metrics.json").exists():
-        done = load_run(out)
-        if Config.from_dict(done["config"] | {"device": "cpu"}).key() == cfg.key():  # device, data root: free
+    """Train one configuration; with `out_dir`, checkpoint there and write the run folder.
+
+    The folder belongs to one configuration (see `own_folder`) and is locked while this runs.
+    `skip_done`: return a completed run of the same configuration instead of training it again.
+    `overwrite`: move a run of another configuration aside (to `.superseded/`) instead of refusing.
+    """
+    if out_dir is None:
+        return _train(cfg, None, False, progress)
+    out = ensure_writable(out_dir)  # fail before training, not after it
+    if not launched_as_main():  # other torchrun ranks read the folder, never own it or write it
+        return _train(cfg, out, resume, progress)
+    with run_folder_lock(out):
+        if skip_done and (out / "metrics.json").exists() and stored_key(out) == cfg.key():
+            done = load_run(out)
             return TrainResult(Trace(done["trace"].to_dict("records")), done["metrics"],
                                done["metrics"].get("best_epoch", -1), 0.0)
-        raise ResultsError(f"{out} holds a completed run of a different configuration; "
-                           "choose another --out folder or delete that one")
-    if out is not None:
-        ensure_writable(out)  # fail before training, not after it
+        own_folder(out, cfg, resume=resume, overwrite=overwrite and not skip_done)
+        return _train(cfg, out, resume, progress)
+
+
+def own_folder(out: Path, cfg, *, resume: bool, overwrite: bool) -> None:
+    """Make `out` this configuration's run folder, or refuse: a folder holds one configuration's run.
+
+    A run (completed, or started: config.json is written first) of another configuration is moved to
+    `<parent>/.superseded/<name>-<time>/` with `overwrite`, else refused, naming the fields that differ.
+    With `resume`, a longer `epochs` is the same run continued; a missing checkpoint is an error.
+    """
+    ignore = ("epochs",) if resume else ()
+    stored = _read_config(out)
+    if stored is not None and stored_key(out, ignore) != cfg.key(ignore):
+        done = "a completed" if (out / "metrics.json").exists() else "an unfinished"
+        if not overwrite:
+            fields = "; ".join(config_diff(stored, cfg.to_dict(), ignore)) or "none shown (the key changed)"
+            raise ResultsError(f"{out} holds {done} run of another configuration (fields that differ: {fields}); "
+                               "choose another --out folder, or pass --overwrite (overwrite=True) to move it aside")
+        aside = move_aside(out, out.parent / ".superseded")
+        print(f"moved {done} run of another configuration from {out} to {aside}")
+    if resume:
+        Checkpointer(out).require()
+    atomic_write_json(out / "config.json", cfg.to_dict())  # the folder's owner, before any training
+
+
+def launched_as_main() -> bool:
+    """Rank 0 of a torchrun launch (RANK), or no launcher; true before torch.distributed is initialised."""
+    return os.environ.get("RANK", "0") == "0" and is_main_process()
+
+
+def _read_config(out: Path) -> dict | None:
+    path = out / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+def _train(cfg, out, resume: bool, progress: bool) -> TrainResult:
     seed_everything(cfg.seed)  # the model's initial weights depend on the seed too
     data = load_data(cfg.dataset, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, **cfg.data_kwargs)
     if cfg.task_kwargs:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .errors import CGGMError, ConfigError
 from .pipeline import Profile, Step, get_profile, plan
 from .processes import die_with_parent, kernel_manager_class, pipeline_environment, report_stale
 from .reports import spec_status
-from .runs import atomic_write_json
+from .runs import atomic_write_json, move_aside
 
 #: kernels draw figures into the executed notebooks, whatever MPLBACKEND the caller uses (make sets Agg)
 KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
@@ -168,9 +167,7 @@ def prepare_run_dir(ctx: Context, step: Step, status: str) -> None:
     d = step.spec.path(ctx.results, ctx.profile)
     cfg = step.spec.config(ctx.profile, ctx.data_root)
     if status == "stale" or (status == "partial" and not (d / "config.json").exists()):
-        aside = ctx.root / ".superseded" / d.relative_to(ctx.root).parent / f"{d.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(d), str(aside))
+        move_aside(d, ctx.root / ".superseded" / d.relative_to(ctx.root).parent)
     if not (d / "metrics.json").exists():
         atomic_write_json(d / "config.json", cfg.to_dict())
 

@@ -11,15 +11,13 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .errors import ResultsError
-from .runs import atomic_write_json
+from .runs import atomic_write_json, lock_run_folder
 
 CHECKED_CARD_FIELDS = ("git_commit", "config_key", "seed", "packages", "device", "wall_time_s", "data_files")
 DERIVED_FOLDERS = ("cache", "features")  # loaders' own caches inside a dataset folder, derived from its files
@@ -67,50 +65,14 @@ def data_checksums(dataset: str, data_root, cache_dir=None) -> tuple[dict, str]:
     return sums, how
 
 
-_CLAIMS: dict = {}
-
-
 def claim(out_dir, timeout_s: float = 600.0) -> None:
-    """Hold an exclusive lock on out_dir/.lock until this process exits (waits while another holds it).
+    """Hold the lock of out_dir until this process exits (waits up to `timeout_s` while another holds it).
 
     The lock is an advisory `flock`, which the operating system drops when its holder dies however it
     dies, so a `.lock` file left by a dead process never blocks anyone. The holder writes its pid into
     the file, so a process kept waiting (and `cggm reproduce`, see cggmlib/processes.py) can name it.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; runs are not shared between processes there
-        return
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    if str(d.resolve()) in _CLAIMS:
-        return
-    f = open(d / ".lock", "a+")  # never truncate: the holder's pid is in it
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if time.time() > deadline:
-                f.close()
-                raise ResultsError(f"{d} is being written by another process ({_holder(d / '.lock')}; lock "
-                                   f"{d / '.lock'}); wait for it to finish or stop it") from None
-            time.sleep(0.5)
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    _CLAIMS[str(d.resolve())] = f
-
-
-def _holder(lock: Path) -> str:
-    from .processes import describe
-
-    try:
-        return describe(int(lock.read_text().split()[0]))
-    except (OSError, ValueError, IndexError):
-        return "pid unknown"
+    lock_run_folder(out_dir, wait_s=timeout_s)
 
 
 def lock_holders(root) -> dict[int, list[Path]]:
@@ -127,8 +89,7 @@ def lock_holders(root) -> dict[int, list[Path]]:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     continue  # free (a file left by a dead process)
                 except OSError:
-                    f.seek(0)
-                    pid = int(f.read().split()[0])
+                    pid = int(json.loads((lock.parent / ".lock.holder").read_text())["pid"])
         except (OSError, ValueError, IndexError):
             continue
         held.setdefault(pid, []).append(lock.parent)
@@ -152,7 +113,7 @@ def train_or_load(cfg, out_dir, progress: bool = True):
                            done["metrics"].get("best_epoch", -1), 0.0)
     if (out / "metrics.json").exists():
         raise ResultsError(f"{out} holds a completed run of another configuration; choose another out_dir")
-    return run_experiment(cfg, out, resume=True, progress=progress)
+    return run_experiment(cfg, out, resume=(out / "checkpoint.pt").exists(), progress=progress)
 
 
 def finish_run(out_dir, result, artifacts=(), cache_dir=None, gradient_batches: int = 32) -> dict:
@@ -188,7 +149,7 @@ def finish_run(out_dir, result, artifacts=(), cache_dir=None, gradient_batches: 
 
 def load_trained(run_dir, device: str = "auto", data_root=None):
     """A completed run rebuilt: TrainResult with model and strategy at the validation-selected epoch."""
-    from .checkpoint import Checkpointer, _to_device
+    from .checkpoint import Checkpointer, _to_device, read_checked
     from .config import Config
     from .data import load_data
     from .models import build_model
@@ -209,7 +170,7 @@ def load_trained(run_dir, device: str = "auto", data_root=None):
     if ckpt.best_path.exists():
         state = ckpt.load_best()
     else:  # no epoch improved on validation: the last state
-        last = torch.load(ckpt.path, map_location="cpu", weights_only=False)
+        last = read_checked(ckpt.path)
         state = {"model": last["model"], "strategy": last["strategy"]}
     model.load_state_dict(state["model"])
     strategy.load_state_dict(_to_device(state["strategy"], torch.device(cfg.device)))

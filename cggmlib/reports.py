@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import Config
-from .errors import ConfigError, ResultsError
+from .config import stored_key  # noqa: F401 (also imported from here)
+from .errors import ResultsError
 from .pipeline import ARTIFACTS, Profile, RunSpec, get_profile, grid
 
 
@@ -26,15 +26,13 @@ def spec_status(spec: RunSpec, results, profile: Profile) -> str:
     return "done" if not missing and "data_receipt" in card and (d / "10_train.ipynb").exists() else "partial"
 
 
-def stored_key(run_dir) -> str | None:
-    """Config.key() of the configuration stored in run_dir/config.json (None when unreadable)."""
-    d = _read_json(Path(run_dir) / "config.json")
-    if d is None:
-        return None
-    try:  # the device is not part of the key; a CUDA run must verify on a CPU-only laptop
-        return Config.from_dict(d | {"device": "cpu"}).key()
-    except (ConfigError, TypeError):
-        return None
+def results_root(results, profile: str) -> Path:
+    """results/<profile>/, which a report reads; ResultsError (never a new empty folder) if it does not exist."""
+    root = Path(results) / profile
+    if not root.is_dir():
+        raise ResultsError(f"the results folder {root} does not exist; run `cggm reproduce --profile {profile}` "
+                           f"first, or pass the folder holding your runs with -p results <folder> -p profile <name>")
+    return root
 
 
 def collect(results, profile: Profile | str, groups=None) -> pd.DataFrame:

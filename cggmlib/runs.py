@@ -5,12 +5,16 @@ killed run never leaves a file that a later step could mistake for a result.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import platform
 import random
+import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -179,3 +183,65 @@ def progress_bar(iterable, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc="epochs", disable=not enabled, initial=initial, mininterval=2.0, leave=True)
+
+
+#: run folders this process holds the lock of: folder (resolved) -> filelock.FileLock
+_HELD: dict = {}
+LOCK_FILES = (".lock", ".lock.holder")
+
+
+def lock_run_folder(folder, wait_s: float = 0.0) -> bool:
+    """Take `folder/.lock` for this process; False if it held it already. Raises ResultsError, naming
+    the holder (pid, host, command, since when), if another process still holds it after `wait_s`."""
+    from filelock import FileLock, Timeout
+
+    folder = ensure_writable(folder)
+    key = str(folder.resolve())
+    if key in _HELD:
+        return False
+    lock = FileLock(folder / ".lock", timeout=wait_s, poll_interval=0.5, preserve_lock_file=True)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            h = json.loads((folder / ".lock.holder").read_text())
+            holder = f"process {h['pid']} on {h['host']} ({h['command']}), since {h['since']}"
+        except (OSError, ValueError, KeyError):
+            holder = "another process"
+        raise ResultsError(f"{folder} is being written by {holder}; wait for it to finish, stop it, or "
+                           "choose another --out folder") from None
+    _HELD[key] = lock
+    atomic_write_json(folder / ".lock.holder", {"pid": os.getpid(), "host": socket.gethostname(),
+                                               "command": " ".join(sys.argv)[:200],
+                                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return True
+
+
+def unlock_run_folder(folder) -> None:
+    lock = _HELD.pop(str(Path(folder).resolve()), None)
+    if lock is not None:
+        lock.release()
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder):
+    """Hold `folder/.lock` for the block (no-op if this process holds it already, e.g. a pipeline worker)."""
+    taken = lock_run_folder(folder)
+    try:
+        yield
+    finally:
+        if taken:
+            unlock_run_folder(folder)
+
+
+def move_aside(folder, aside_root) -> Path:
+    """Move the content of `folder` (never its lock) to `aside_root/<name>-<timestamp>/`; nothing is deleted."""
+    folder = Path(folder)
+    aside = Path(aside_root) / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    while aside.exists():
+        aside = aside.with_name(aside.name + "x")
+    aside.mkdir(parents=True)
+    for item in folder.iterdir():
+        if item.name not in LOCK_FILES:
+            shutil.move(str(item), str(aside / item.name))
+    return aside

@@ -42,15 +42,16 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     loop = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_value": None, "skipped": 0}
     if ckpt and world.is_main:
         ckpt.remove_stale_temporaries()
-    if resume and ckpt and ckpt.exists():
-        loop = ckpt.restore(model, tools.optimizer, scheduler, tools.scaler, strategy, trace)
+    if resume and ckpt:
+        ckpt.require()
+        loop = ckpt.restore(model, tools.optimizer, scheduler, tools.scaler, strategy, trace, cfg)
     tools.finite.skipped, tools.finite.checked = loop["skipped"], len(trace.rows)
     tools.finite.data = data  # a non-finite step first checks the inputs (the data's fault, named)
 
     def save():
         tools.finite.check_trace(trace, flush=True)  # never checkpoint a state past a bad step
         if ckpt and world.is_main:
-            ckpt.save(model, tools.optimizer, scheduler, tools.scaler, strategy, loop, trace)
+            ckpt.save(model, tools.optimizer, scheduler, tools.scaler, strategy, loop, trace, cfg)
 
     best = ckpt.load_best() if resume and ckpt and ckpt.best_path.exists() else None
     bar = progress_bar(range(cfg.epochs), progress and world.is_main, initial=loop["epoch"])

@@ -1,11 +1,11 @@
 """`cggm train`: one run → config.json, metrics.json, trace.jsonl, run_card.json, checkpoints.
 
 Strategy options are given as flags named after the strategy's fields, e.g.
-`cggm train --dataset synthetic --strategy cggm --rho 1.2 --lam 0.1 --variant paper --guard true`.
+`cggm train --dataset synthetic --strategy cggm --rho 1.2 --lam 0.1 --variant paper --guard yes`; each value is
+typed by the field it sets (cggmlib/options.py), so `--guard no` is False and a misspelt flag is an error.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 from pathlib import Path
@@ -29,49 +29,45 @@ def add_arguments(p) -> None:
     p.add_argument("--amp", default="off", help="off | auto | bf16 | fp16")
     p.add_argument("--nonfinite", default="raise", help="raise | skip")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (an error if there is none)")
+    p.add_argument("--overwrite", action="store_true", help="--out holds a run of another configuration: move it "
+                   "aside to <parent>/.superseded/ and train (without this flag: refuse)")
     p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. fold=3 (repeatable)")
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="model size override")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _literal(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        low = text.lower()
-        return {"true": True, "false": False, "none": None}.get(low, text)
-
-
 def _pairs(items: list[str], what: str) -> dict:
+    """['fold=3'] -> {'fold': '3'}: the text is typed by cg.Config against the option's declared type."""
     out = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"{what} must look like KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = _literal(v)
+        out[k.strip()] = v
     return out
 
 
 def strategy_options(strategy: str, extra: list[str]) -> dict:
-    """Turn ['--rho', '1.2', '--guard', 'true'] into {'rho': 1.2, 'guard': True}, checked against fields."""
+    """Turn ['--rho', '1.2', '--guard', 'no'] into {'rho': '1.2', 'guard': 'no'}; cg.Config types them."""
     from ..modulation import STRATEGIES, strategy_class
+    from ..options import unknown_message
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
-    fields = {f.name for f in dataclasses.fields(strategy_class(strategy))}
+    flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(strategy_class(strategy))}
     out, i = {}, 0
     while i < len(extra):
         flag = extra[i]
-        key = flag.lstrip("-").replace("-", "_").split("=", 1)[0]
-        if not flag.startswith("--") or key not in fields:
-            raise ConfigError(f"unknown option {flag!r} for strategy {strategy!r}; its options are "
-                              f"{sorted('--' + f.replace('_', '-') for f in fields)}")
+        name = flag.split("=", 1)[0]
+        if not flag.startswith("--") or name.replace("_", "-") not in flags:
+            raise ConfigError(unknown_message(name, flags, f"option of strategy {strategy!r}:"))
+        key = name[2:].replace("-", "_")
         if "=" in flag:
-            out[key], i = _literal(flag.split("=", 1)[1]), i + 1
+            out[key], i = flag.split("=", 1)[1], i + 1
         elif i + 1 < len(extra):
-            out[key], i = _literal(extra[i + 1]), i + 2
+            out[key], i = extra[i + 1], i + 2
         else:
             raise ConfigError(f"option {flag} needs a value")
     return out
@@ -88,7 +84,8 @@ def run(args) -> int:
                     strategy_kwargs=strategy_options(args.strategy, args.extra),
                     data_kwargs=_pairs(args.data_opt, "--data-opt"), model_kwargs=_pairs(args.model_opt, "--model-opt"))
     out = Path(args.out) if args.out else cg.runs.run_dir("results", cfg.preset, cfg)
-    result = cg.run_experiment(cfg, out_dir=out, resume=args.resume, progress=not args.quiet)
+    result = cg.run_experiment(cfg, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+                               progress=not args.quiet)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if is_main_process():
         print(json.dumps({"out": str(out), **shown}, indent=1))

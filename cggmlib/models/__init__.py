@@ -23,10 +23,11 @@ def _food(data, **kwargs) -> nn.Module:
     return FoodModel(ordered(data.input_dims, FOOD_ORDER), data.num_outputs, **kwargs)
 
 
-def _brats(data, **kwargs) -> nn.Module:
+def _brats(data, arch: str = "unet", deeplab: dict | None = None, unet: dict | None = None) -> nn.Module:
+    """See cggmlib.models.seg.build_brats; its options are declared here so checking them imports no MONAI."""
     from .seg import build_brats  # MONAI is imported only when a BraTS model is built
 
-    return build_brats(data, **kwargs)
+    return build_brats(data, arch=arch, deeplab=deeplab, unet=unet)
 
 
 def __getattr__(name: str):
@@ -52,6 +53,20 @@ MODELS = {
 }
 
 
+#: dataset name -> the callable whose keyword parameters are its model options (`model_kwargs`)
+MODEL_OPTIONS = {"synthetic": LateFusionMLP, "mfeat": LateFusionMLP, "mosi": MSAModel, "iemocap": MSAModel,
+                 "food101": FoodModel, "brats2021": _brats}
+
+
+def model_options(name: str) -> dict:
+    """The typed options of dataset `name`'s model (cggmlib/options.py), e.g. hidden, dropout."""
+    from ..options import signature_options
+
+    if name not in MODEL_OPTIONS:
+        raise ConfigError(f"no model for dataset {name!r}; choose from {sorted(MODEL_OPTIONS)}")
+    return signature_options(MODEL_OPTIONS[name], skip=("data", "input_dims", "num_outputs"))
+
+
 def build_model(name: str, data, preset: str = "smoke", **overrides) -> nn.Module:
     """The model for dataset `name`, with the `preset` hyperparameters ("smoke" or "paper") and overrides."""
     from ..presets import model_kwargs
@@ -61,6 +76,6 @@ def build_model(name: str, data, preset: str = "smoke", **overrides) -> nn.Modul
     return MODELS[name](data, **(model_kwargs(name, preset) | overrides))
 
 
-__all__ = ["FUSIONS", "MODELS", "DeepLabMultiInput", "FoodModel", "FusionModel", "LateFusionMLP", "MSAModel", "MultiEncoderUNet",
-           "MultimodalModel", "Output", "build_model", "check_encoders", "fused_output_layer",
-           "mlp_encoders"]
+__all__ = ["FUSIONS", "MODELS", "MODEL_OPTIONS", "model_options", "DeepLabMultiInput", "FoodModel", "FusionModel",
+           "LateFusionMLP", "MSAModel", "MultiEncoderUNet", "MultimodalModel", "Output", "build_model", "check_encoders",
+           "fused_output_layer", "mlp_encoders"]

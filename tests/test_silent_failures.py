@@ -1,0 +1,206 @@
+"""Failures that used to pass silently: option words read as strings, a run folder overwritten by another
+configuration, a resume onto another configuration, damaged checkpoints loaded, a report notebook
+inventing its results folder. Each test fails on the code before these checks existed."""
+import json
+import os
+import subprocess
+import sys
+
+import papermill as pm
+import pytest
+
+import cggmlib as cg
+from cggmlib.commands.train import _pairs, strategy_options
+from conftest import ROOT
+
+SMALL = {"num_samples": 100}
+ENV = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def cfg(**kw):
+    return cg.Config(**({"dataset": "synthetic", "epochs": 1, "data_kwargs": SMALL} | kw))
+
+
+def cli(out, *args):
+    """`cggm train` on a tiny synthetic run into `out`; the finished process."""
+    return subprocess.run([sys.executable, "-m", "cggmlib", "train", "--dataset", "synthetic", "--epochs", "1",
+                           "--quiet", "--data-opt", "num_samples=100", "--out", str(out), *args],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+
+
+# --- options are typed ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("word, value", [("no", False), ("off", False), ("FALSE", False), ("0", False),
+                                         ("yes", True), ("On", True), ("true", True), ("1", True)])
+def test_bool_words_on_the_command_line_become_bools(word, value):
+    c = cfg(strategy="cggm", strategy_kwargs=strategy_options("cggm", ["--guard", word]),
+            data_kwargs=_pairs(["shuffle=" + word, "num_samples=100"], "--data-opt"))
+    assert c.strategy_kwargs["guard"] is value and c.data_kwargs["shuffle"] is value
+
+
+def test_cli_guard_no_trains_without_the_guard(tmp_path):
+    proc = cli(tmp_path / "run", "--strategy", "cggm", "--guard", "no")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run/config.json").read_text())["strategy_kwargs"]["guard"] is False
+
+
+def test_mosi_aligned_no_is_false():
+    assert cfg(dataset="mosi", data_kwargs=_pairs(["aligned=no"], "--data-opt")).data_kwargs["aligned"] is False
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"strategy": "cggm", "strategy_kwargs": {"guard": "maybe"}}, "'guard' must be a bool"),
+    ({"strategy": "cggm", "strategy_kwargs": {"rho": "fast"}}, "'rho' must be float"),
+    ({"strategy": "cggm", "strategy_kwargs": {"gaurd": True}}, "did you mean 'guard'"),
+    ({"data_kwargs": {"num_samples": -5}}, "'num_samples' must be >= 1, got -5"),
+    ({"data_kwargs": {"num_sampels": 50}}, "did you mean 'num_samples'"),
+    ({"model_kwargs": {"hidden": -3}}, "'hidden' must be >= 1, got -3"),
+    ({"model_kwargs": {"hiden": 32}}, "did you mean 'hidden'"),
+    ({"model_kwargs": {"dropout": "high"}}, "'dropout' must be float"),
+])
+def test_wrong_option_types_and_names_are_clear_errors(kwargs, fragment):
+    with pytest.raises(cg.ConfigError) as err:
+        cfg(**kwargs)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--strategy", "joint", "--data-opt", "num_samples=-5"], "'num_samples' must be >= 1"),
+    (["--strategy", "joint", "--model-opt", "hidden=-3"], "'hidden' must be >= 1"),
+    (["--strategy", "joint", "--model-opt", "hiden=32"], "did you mean 'hidden'"),
+    (["--strategy", "cggm", "--gaurd", "no"], "did you mean '--guard'"),
+])
+def test_cli_bad_options_end_in_one_clear_line(tmp_path, args, fragment):
+    proc = cli(tmp_path / "run", *args)
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def run_notebook(name, tmp_path, **parameters):
+    try:
+        pm.execute_notebook(ROOT / "notebooks" / name, tmp_path / "executed.ipynb", parameters=parameters,
+                            kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    except pm.PapermillExecutionError as err:
+        return err
+    return None
+
+
+@pytest.mark.notebook
+def test_papermill_guard_false_runs_without_the_guard(tmp_path):
+    err = run_notebook("00_quickstart.ipynb", tmp_path, guard="false", epochs=1, threads=1, out_dir=str(tmp_path / "q"))
+    assert err is None, err
+    assert json.loads((tmp_path / "q/cggm/config.json").read_text())["strategy_kwargs"]["guard"] is False
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("parameters, ename, fragment", [
+    ({"nonexistent": 1}, "ConfigError", "unknown notebook parameter 'nonexistent'"),
+    ({"epoch": 1}, "ConfigError", "did you mean 'epochs'"),
+    ({"guard": "maybe"}, "ConfigError", "'guard' must be a bool"),
+])
+def test_papermill_unknown_or_mistyped_parameters_fail(tmp_path, parameters, ename, fragment):
+    err = run_notebook("00_quickstart.ipynb", tmp_path, out_dir=str(tmp_path / "q"), **parameters)
+    assert err is not None and err.ename == ename and fragment in err.evalue, err
+    assert not (tmp_path / "q").exists()  # it failed before training anything
+
+
+@pytest.mark.notebook
+def test_report_notebook_refuses_a_results_folder_that_does_not_exist(tmp_path):
+    err = run_notebook("20_main_results.ipynb", tmp_path, results=str(tmp_path / "nowhere"))
+    assert err is not None and err.ename == "ResultsError" and "does not exist" in err.evalue, err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_check_parameters_coerces_in_place_and_ignores_kernel_names():
+    namespace = {"__annotations__": {"guard": bool, "epochs": int, "name": str | None}, "guard": "off",
+                 "epochs": 3, "name": "none", "In": [], "_oh": {}, "pd": cg}
+    cg.check_parameters(namespace)
+    assert namespace["guard"] is False and namespace["epochs"] == 3 and namespace["name"] is None
+
+
+# --- a run folder belongs to one configuration ----------------------------------------------------------
+
+def test_another_configuration_does_not_overwrite_a_completed_run(tmp_path):
+    run = tmp_path / "run"
+    cg.run_experiment(cfg(strategy="joint"), run, progress=False)
+    joint_metrics = (run / "metrics.json").read_text()
+    with pytest.raises(cg.ResultsError) as err:
+        cg.run_experiment(cfg(strategy="cggm"), run, progress=False)
+    assert "strategy: 'joint' -> 'cggm'" in str(err.value) and "--overwrite" in str(err.value)
+    assert (run / "metrics.json").read_text() == joint_metrics
+    cg.run_experiment(cfg(strategy="cggm"), run, overwrite=True, progress=False)
+    [aside] = (tmp_path / ".superseded").iterdir()
+    assert aside.name.startswith("run-") and (aside / "metrics.json").read_text() == joint_metrics
+    assert json.loads((run / "config.json").read_text())["strategy"] == "cggm"
+
+
+def test_cli_refuses_another_configuration_without_overwrite(tmp_path):
+    assert cli(tmp_path / "run", "--strategy", "joint").returncode == 0
+    proc = cli(tmp_path / "run", "--strategy", "cggm")
+    assert proc.returncode == 2 and "another configuration" in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "run/config.json").read_text())["strategy"] == "joint"
+
+
+def test_a_second_writer_of_one_folder_fails_naming_the_holder(tmp_path):
+    from cggmlib.runs import lock_run_folder, unlock_run_folder
+
+    run = tmp_path / "run"
+    lock_run_folder(run)  # this process holds the folder, as a training run would
+    try:
+        proc = cli(run, "--strategy", "joint")
+    finally:
+        unlock_run_folder(run)
+    assert proc.returncode == 2, proc.stderr
+    assert str(run) in proc.stderr and f"process {os.getpid()}" in proc.stderr
+    assert not (run / "metrics.json").exists()
+
+
+def test_resume_onto_another_configuration_is_refused_naming_the_fields(tmp_path):
+    assert cli(tmp_path / "run", "--strategy", "cggm").returncode == 0
+    proc = cli(tmp_path / "run", "--strategy", "joint", "--epochs", "2", "--resume")
+    assert proc.returncode == 2 and "strategy: 'cggm' -> 'joint'" in proc.stderr, proc.stderr
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_by_train(tmp_path):
+    cg.run_experiment(cfg(strategy="cggm"), tmp_path, progress=False)
+    other = cfg(strategy="joint", epochs=2)
+    data = cg.load_data("synthetic", batch_size=other.batch_size, **SMALL)
+    with pytest.raises(cg.ResultsError, match="written by another configuration"):
+        cg.train(cg.build_model("synthetic", data), cg.make_strategy("joint"), data, other, out_dir=tmp_path,
+                 resume=True, progress=False)
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(cg.ResultsError, match="holds no checkpoint.pt"):
+        cg.run_experiment(cfg(), tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_resume_may_train_a_run_longer(tmp_path):
+    cg.run_experiment(cfg(), tmp_path, progress=False)
+    longer = cg.run_experiment(cfg(epochs=2), tmp_path, resume=True, progress=False)
+    assert longer.trace.epochs()["epoch"].max() == 1
+
+
+# --- damaged checkpoints ------------------------------------------------------------------------------
+
+def flip(position):
+    def edit(data: bytes) -> bytes:
+        b = bytearray(data)
+        b[position(len(b))] ^= 1  # one low bit
+        return bytes(b)
+    return edit
+
+
+@pytest.mark.parametrize("damage", {
+    "empty": lambda d: b"",
+    "truncated": lambda d: d[: len(d) // 2],
+    "one bit in the middle": flip(lambda n: n // 2),
+    "one bit in the last byte": flip(lambda n: n - 1),
+    "no header": lambda d: d.split(b"\n", 1)[1],
+}.items(), ids=lambda item: item[0])
+def test_a_damaged_checkpoint_is_named_never_loaded(tmp_path, damage):
+    cg.run_experiment(cfg(), tmp_path, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(damage[1](path.read_bytes()))
+    with pytest.raises(cg.ResultsError) as err:
+        cg.run_experiment(cfg(epochs=2), tmp_path, resume=True, progress=False)
+    assert str(path) in str(err.value) and "rerun without --resume" in str(err.value)
