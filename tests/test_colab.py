@@ -43,7 +43,7 @@ def test_a_fork_sets_the_repository_once_and_badges_and_cells_follow(tmp_path):
     assert len(colab.write(folder, url)) == len(list(folder.glob("*.ipynb")))
     nb = nbformat.read(folder / "00_quickstart.ipynb", as_version=4)
     assert "colab.research.google.com/github/me/cggm-fork/blob/main/notebooks/00_quickstart.ipynb" in nb.cells[0].source
-    assert 'REPOSITORY = "https://github.com/me/cggm-fork"' in nb.cells[1].source
+    assert '_REPOSITORY = "https://github.com/me/cggm-fork"' in nb.cells[1].source
     assert colab.out_of_sync(folder, url) == []
     pyproject.write_text(pyproject.read_text().replace("https://github.com/me/cggm-fork", "github.com/me"))
     with pytest.raises(colab.ConfigError, match=r"Repository must be an https URL"):

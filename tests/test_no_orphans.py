@@ -3,6 +3,7 @@ resource tracker with it; so does any pool started with `die_with_parent`; a rer
 older pipeline left holding a run folder; a lock file of a dead process blocks nothing; and the suite's
 own check (tests/conftest.py) catches a process that outlives a session, also under pytest-xdist."""
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -162,7 +163,8 @@ def test_a_lock_left_by_a_dead_process_blocks_nothing(tmp_path):
     holder = _holder(folder, _marked_env(uuid.uuid4().hex))
     holder.kill()
     holder.wait()
-    assert (folder / ".lock").read_text().strip() == str(holder.pid)  # the file stays, the lock does not
+    assert (folder / ".lock").exists()  # the file stays, the lock does not
+    assert json.loads((folder / ".lock.holder").read_text())["pid"] == holder.pid
     started = time.time()
     receipts.claim(folder, timeout_s=5)
     assert time.time() - started < 1.0
@@ -182,7 +184,7 @@ def test_a_rerun_names_the_stale_process_that_holds_a_run_folder(tmp_path):
         assert [s["process"].pid for s in found] == [holder.pid] and found[0]["holds"] == [folder]
         assert len(lines) == 1 and f"pid {holder.pid}" in lines[0] and str(folder) in lines[0] \
             and "gone" in lines[0] and f"kill {holder.pid}" in lines[0]
-        with pytest.raises(ResultsError, match=f"pid {holder.pid}"):
+        with pytest.raises(ResultsError, match=f"process {holder.pid}"):
             receipts.claim(folder, timeout_s=0.5)
         assert processes.report_stale(tmp_path / "elsewhere", log=lines.append) == []
     finally:
