@@ -97,9 +97,13 @@ def _train(cfg, out, resume: bool, progress: bool) -> TrainResult:
 
 
 def task_with(task, options: dict):
-    """A copy of `task` with some of its dataclass fields changed; unknown names are a ConfigError."""
-    known = {f.name for f in dataclasses.fields(task) if f.init}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"task_kwargs: {type(task).__name__} has no option {unknown}; it has {sorted(known)}")
-    return dataclasses.replace(task, **options)
+    """A copy of `task` with some of its dataclass fields changed, typed as the fields declare (text
+    from the command line is parsed: `smooth_numerator=yes`); an unknown name is a ConfigError."""
+    from .options import coerce, dataclass_options, unknown_message
+
+    known = {name: o for name, o in dataclass_options(type(task)).items()
+             if next(f for f in dataclasses.fields(task) if f.name == name).init}
+    for name in options:
+        if name not in known:
+            raise ConfigError(unknown_message(name, known, f"task_kwargs: {type(task).__name__} has no option"))
+    return dataclasses.replace(task, **{k: coerce(v, known[k], "task option") for k, v in options.items()})

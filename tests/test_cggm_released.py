@@ -310,5 +310,8 @@ def test_audit_corrections_table_pairs_each_fix_with_the_official_run():
 def test_task_options_reach_the_task_and_unknown_ones_are_named():
     from cggmlib.experiment import task_with
     assert task_with(Segmentation(), {"smooth_numerator": True}).smooth_numerator is True
-    with pytest.raises(cg.ConfigError, match="no option"):
+    assert task_with(Segmentation(), {"smooth_numerator": "yes"}).smooth_numerator is True  # --task-opt text
+    with pytest.raises(cg.ConfigError, match="smooth_numerator"):
+        task_with(Segmentation(), {"smooth_numerator": "maybe"})
+    with pytest.raises(cg.ConfigError, match="no option 'smoothing'; did you mean 'smooth'"):
         task_with(Segmentation(), {"smoothing": True})

@@ -34,7 +34,12 @@ def add_arguments(p) -> None:
                    "aside to <parent>/.superseded/ and train (without this flag: refuse)")
     p.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. fold=3 (repeatable)")
-    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="model size override")
+    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="model size or option override, e.g. text_projection=own")
+    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, e.g. smooth_numerator=true (BraTS soft Dice; docs/methods.md)")
+    p.add_argument("--lr-warmup", default="linspace",
+                   help="linspace (released: base rate at the last warm-up step) | exclusive (one step later)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -82,7 +87,8 @@ def run(args) -> int:
                     device=args.device, amp=args.amp, nonfinite=args.nonfinite,
                     checkpoint_every=args.checkpoint_every,
                     strategy_kwargs=strategy_options(args.strategy, args.extra),
-                    data_kwargs=_pairs(args.data_opt, "--data-opt"), model_kwargs=_pairs(args.model_opt, "--model-opt"))
+                    data_kwargs=_pairs(args.data_opt, "--data-opt"), model_kwargs=_pairs(args.model_opt, "--model-opt"),
+                    task_kwargs=_pairs(args.task_opt, "--task-opt"), lr_warmup=args.lr_warmup)
     out = Path(args.out) if args.out else cg.runs.run_dir("results", cfg.preset, cfg)
     result = cg.run_experiment(cfg, out_dir=out, resume=args.resume, overwrite=args.overwrite,
                                progress=not args.quiet)
