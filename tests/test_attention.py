@@ -107,3 +107,19 @@ def test_attention_dropout_is_unbiased_and_seeded():
 def test_bad_dropout_probability_is_refused_when_built():
     with pytest.raises(ValueError, match="dropout probability"):
         A.Dropout(1.0)
+
+
+def test_dropout_path_ignores_padded_keys():
+    torch.manual_seed(0)
+    attn = A.SelfAttention(20, 4, dropout=0.3).train()
+    x = torch.randn(3, 10, 20)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[:, 6:] = True
+    changed = x.clone()
+    changed[:, 6:] = torch.randn(3, 4, 20) * 10
+    torch.manual_seed(7)
+    y = attn(x, mask)
+    torch.manual_seed(7)
+    y_changed = attn(changed, mask)
+    torch.testing.assert_close(y[:, :6], y_changed[:, :6])  # same masks: padded keys and values have no effect
+    assert torch.isfinite(y).all()
