@@ -17,8 +17,8 @@ On CPU its mask costs one 16-bit random number per element: 64-bit words from th
 (`random_` over the full int64 range, so seeding and `torch.manual_seed` work as usual), viewed as
 four 16-bit integers each and compared with a threshold. The probability is therefore quantised to
 1/65536: an element is dropped with probability round(65536·p)/65536 (0.149994 for p = 0.15; within
-7.7e-6 of p) and the kept ones are scaled by the inverse of the kept probability, so the expectation
-is exact. The mask is written as a 0/1 float tensor by the comparison itself (a bool mask costs a
+7.7e-6 of p for 1/65536 ≤ p ≤ 1 − 1/65536), and the kept ones are scaled by the inverse of the kept
+probability, so the expectation is exact. The mask is written as a 0/1 float tensor by the comparison itself (a bool mask costs a
 slow mixed-type multiply or `masked_fill`), as `F.dropout` keeps a float mask too. In attention
 the scale is applied to the product with v, a tensor head_dim/T times smaller than the weights.
 On other devices it is `F.dropout`.
@@ -53,10 +53,11 @@ def exact_attention(exact: bool = True):
 
 
 def drop_threshold(p: float) -> int:
-    """The number of the 65536 16-bit values that drop an element: round(65536·p), at least 1 for p > 0."""
+    """The number of the 65536 16-bit values that drop an element: round(65536·p), kept within 1..65535
+    for 0 < p < 1 (so a tiny p still drops and a p near 1 still keeps)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    return max(1, round(p * _LEVELS)) if p > 0 else 0
+    return min(_LEVELS - 1, max(1, round(p * _LEVELS))) if p > 0 else 0
 
 
 def keep_mask(shape, p: float, device=None, dtype=torch.float32) -> torch.Tensor:
