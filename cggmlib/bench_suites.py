@@ -7,6 +7,9 @@
 - `batch`: cost against batch size (MOSI model);
 - `light`: accuracy and training time of CGGM with its default classifiers vs the lighter pooled
   one, a few seeds (needs the dataset files, e.g. stand-ins from `cggm make-standin`);
+- `released`: our joint and CGGM steps, the forward pass and the classifiers alone against a
+  transcription of the released code's (cggmlib/bench_released.py), and against our slower exact
+  attention path (cggmlib/models/attention.py), per TokenFusionTransformer paper model;
 - `food_cache`: a training step on cached frozen BERT/ViT tokens against recomputing them every batch
   as the official Food-101 code does (same architectures, random weights: the cost does not depend
   on the values).
@@ -172,7 +175,71 @@ def light_accuracy(device="cpu", datasets=("mosi", "iemocap"), seeds=(0, 1, 2), 
                        "train_s": time.perf_counter() - started, "epochs": cfg.epochs, "metrics": numbers}
 
 
-SUITES = {"strategies": strategies, "modalities": modalities, "batch": batch_sizes, "food_cache": food_cache,
+class _Exact:
+    """A runner stepped with the reference attention and dropout (`attention.exact_attention`)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def step(self, batch=None) -> None:
+        from .models.attention import exact_attention
+
+        with exact_attention():
+            self.runner.step()
+
+
+class _Forward:
+    """Our model's training-mode forward pass and loss only (no backward)."""
+
+    def __init__(self, runner: Runner):
+        self.r = runner
+
+    def step(self, batch=None) -> None:
+        r = self.r
+        out = r.strategy.forward(r.model, r.batch, 0)
+        r.strategy.loss(r.model, r.batch, out, 0).item()
+
+
+#: `released` suite parts: label -> (our strategy, transcription with CGGM?, what is timed)
+RELEASED_PARTS = {"joint": ("joint", False, "step"), "cggm": ("cggm", True, "step"),
+                  "forward": ("joint", False, "forward"), "classifiers": ("cggm", True, "classifiers")}
+
+
+def released(size: str = "paper", device="cpu", models=None, reps: int = 7, parts=tuple(RELEASED_PARTS)):
+    """Per model and part, ours, ours with the exact attention path and the released transcription,
+    interleaved; `vs_released` = median_k(ours_k / released_k), `exact_vs_released` likewise."""
+    from .bench_released import ReleasedClassifiers, ReleasedForward, ReleasedStep, released_sizes
+
+    for model in models or [m for m in ("mosi", "iemocap", "food101") if m in CASES[size]]:
+        case = CASES[size][model]
+        for part in parts:
+            strategy, cggm, what = RELEASED_PARTS[part]
+            ours = Runner(case, strategy, device, options={"variant": "official"} if cggm else None)
+            exact = Runner(case, strategy, device, batch=ours.batch,
+                           options={"variant": "official"} if cggm else None)
+            rel = ReleasedStep(released_sizes(ours.model), ours.batch, case.task.kind == "regression", cggm)
+            rel.model.to(device)
+            if rel.classifier is not None:
+                rel.classifier.to(device)
+            if what == "forward":
+                runners = {"ours": _Forward(ours), "exact": _Exact(_Forward(exact)), "released": ReleasedForward(rel)}
+            elif what == "classifiers":
+                runners = {"ours": HeadsRunner(ours), "exact": _Exact(HeadsRunner(exact)),
+                           "released": ReleasedClassifiers(rel)}
+            else:
+                runners = {"ours": ours, "exact": _Exact(exact), "released": rel}
+            times = time_steps(runners, reps, device=device)
+            t_ours, t_exact, t_rel = times["ours"], times["exact"], times["released"]
+            yield {"model": model, "size": size, "device": str(device), "threads": torch.get_num_threads(),
+                   "batch": case.batch_size, "strategy": strategy, "variant": part,
+                   "step_ms": median_ms(t_ours), "exact_ms": median_ms(t_exact), "released_ms": median_ms(t_rel),
+                   "vs_released": statistics.median(a / b for a, b in zip(t_ours, t_rel)),
+                   "exact_vs_released": statistics.median(a / b for a, b in zip(t_exact, t_rel)),
+                   "vs_exact": statistics.median(a / b for a, b in zip(t_ours, t_exact)), "reps": reps,
+                   "times_ms": {k: [round(1000 * t, 3) for t in v] for k, v in times.items()}}
+
+
+SUITES = {"strategies": strategies, "released": released, "modalities": modalities, "batch": batch_sizes, "food_cache": food_cache,
           "light": light_accuracy}
 
 

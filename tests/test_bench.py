@@ -170,3 +170,39 @@ def test_cuda_batches_are_pinned_ahead_in_order_and_errors_reach_the_loop(monkey
     for _ in device_batches(loader, cuda):  # leaving early stops the producer thread
         break
     assert threading.active_count() == before
+
+
+def test_released_suite_prints_ours_against_the_transcription_of_the_released_step(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cggmlib", "bench", "--size", "smoke", "--suite", "released",
+                           "--models", "mosi", "--reps", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [dict(kv.split("=", 1) for kv in ln.split()) for ln in proc.stdout.splitlines() if ln.startswith("suite=")]
+    assert [r["variant"] for r in rows] == ["joint", "cggm", "forward", "classifiers"]
+    for r in rows:
+        assert r["model"] == "mosi" and float(r["released_ms"]) > 0 and float(r["exact_ms"]) > 0
+        assert float(r["vs_released"]) > 0 and float(r["exact_vs_released"]) > 0 and float(r["vs_exact"]) > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| ours / released | exact / released | ours / exact |" in table and "| mosi | smoke | cpu | 1 | 8 | cggm |" in table
+
+
+def test_released_suite_refuses_a_model_it_does_not_time(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cggmlib", "bench", "--size", "smoke", "--suite", "released",
+                           "--models", "brats2021", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "mosi, iemocap and food101" in proc.stderr and "brats2021" in proc.stderr
+
+
+def test_transcribed_released_step_trains_with_the_sizes_of_our_model():
+    from cggmlib.bench_released import ReleasedStep, released_sizes
+
+    case = B.CASES["smoke"]["mosi"]
+    ours = B.Runner(case, "joint", "cpu")
+    sizes = released_sizes(ours.model)
+    assert sizes["input_dims"] == [s[-1] for s in case.shapes.values()] and sizes["num_outputs"] == 1
+    rel = ReleasedStep(sizes, ours.batch, regression=True, cggm=True)
+    ours_params = sum(p.numel() for p in ours.model.parameters())
+    assert sum(p.numel() for p in rel.model.parameters()) == ours_params  # the same architecture
+    before = [p.detach().clone() for p in rel.model.parameters()]
+    rel.step()
+    rel.step()
+    assert rel.l_gm is not None and all(not torch.equal(a, p) for a, p in zip(before, rel.model.parameters()))

@@ -15,14 +15,15 @@ from ..errors import ConfigError
 
 DEFAULT_SUITES = ("strategies", "modalities", "batch")
 KEYS = ("suite", "model", "size", "device", "threads", "batch", "modalities", "strategy", "variant", "step_ms",
-        "joint_ms", "vs_joint", "heads_ms", "overhead_vs_heads", "overhead_vs_heads_min", "peak_mb", "extra_mb", "cached_step_ms",
+        "joint_ms", "vs_joint", "exact_ms", "released_ms", "vs_released", "exact_vs_released", "vs_exact", "heads_ms", "overhead_vs_heads", "overhead_vs_heads_min", "peak_mb", "extra_mb", "cached_step_ms",
         "encode_ms", "recompute_step_ms", "speedup", "seed", "metric", "value", "train_s", "reps", "error")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--suite", nargs="+", default=list(DEFAULT_SUITES),
-                   help="strategies | modalities | batch | food_cache | light (default: the first three)")
-    p.add_argument("--size", default=None, help="reduced (CPU default) | paper (GPU default)")
+                   help="strategies | modalities | batch | food_cache | light | released (default: the first three)")
+    p.add_argument("--size", default=None, help="reduced (CPU default) | paper (GPU default; always the default "
+                                                "of the released suite) | smoke")
     p.add_argument("--models", nargs="+", default=None, help="mosi iemocap food101 brats2021 (default: all)")
     p.add_argument("--strategies", nargs="+", default=None, help="registry names (default: all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -54,12 +55,18 @@ def run(args) -> int:
     bad = sorted(set(args.models or []) - set(S.CASES[size]))
     if bad:
         raise ConfigError(f"unknown model(s) {bad}; choose from {sorted(S.CASES[size])}")
+    bad = sorted(set(args.models or []) - {"mosi", "iemocap", "food101"}) if "released" in args.suite else []
+    if bad:
+        raise ConfigError(f"the released suite times the token models mosi, iemocap and food101; "
+                          f"drop {bad} from --models")
     rows, out = [], Path(args.out)
     started = time.perf_counter()
     for suite in args.suite:
         if suite == "strategies":
             gen = S.strategies(size, device, args.models, args.strategies, args.reps, not args.no_memory,
                                True if args.overlap else None)
+        elif suite == "released":
+            gen = S.released(args.size or "paper", device, args.models, args.reps)
         elif suite == "batch":
             gen = S.batch_sizes(device, reps=args.reps, size=size)
         else:
@@ -130,6 +137,15 @@ def markdown(rows: list[dict], load: str = "") -> str:
         for r in sizes:
             out.append(f"| {r['batch']} | {r['joint_ms']:.1f} | {r['step_ms']:.1f} | {r['heads_ms']:.1f} | "
                        f"{r['vs_joint']:.2f} | {_overhead(r)} |")
+    rel = [r for r in rows if r.get("suite") == "released" and "error" not in r]
+    if rel:
+        out.append("\n| model | size | device | threads | batch | part | ours ms | exact ms | released ms | "
+                   "ours / released | exact / released | ours / exact |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rel:
+            out.append(f"| {r['model']} | {r['size']} | {r['device']} | {r['threads']} | {r['batch']} | {r['variant']} | "
+                       f"{r['step_ms']:.1f} | {r['exact_ms']:.1f} | {r['released_ms']:.1f} | {r['vs_released']:.3f} | "
+                       f"{r['exact_vs_released']:.3f} | {r['vs_exact']:.3f} |")
     light = [r for r in rows if r.get("suite") == "light" and "error" not in r]
     if light:
         out.append(_light_table(light))

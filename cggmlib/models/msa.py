@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .attention import Dropout, SelfAttention
 from .base import MultimodalModel
 
 #: modality order of the fused sequence in the official MSA code (position 0 = first text step)
@@ -61,17 +62,17 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float):
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
+        self.attn = SelfAttention(dim, heads, attn_dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
         for fc in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
-        self.relu_dropout, self.res_dropout = nn.Dropout(relu_dropout), nn.Dropout(res_dropout)
+        self.relu_dropout, self.res_dropout = Dropout(relu_dropout), Dropout(res_dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(x)
-        x = x + self.res_dropout(self.attn(h, h, h, key_padding_mask=mask, need_weights=False)[0])
+        x = x + self.res_dropout(self.attn(h, mask))
         h = self.fc2(self.relu_dropout(F.relu(self.fc1(self.norm2(x)))))
         return x + self.res_dropout(h)
 
@@ -82,7 +83,7 @@ class SequenceEncoder(nn.Module):
     def __init__(self, dim: int, heads: int, layers: int, attn_dropout: float = 0.0, relu_dropout: float = 0.0,
                  res_dropout: float = 0.0, embed_dropout: float = 0.0):
         super().__init__()
-        self.dim, self.embed_dropout = dim, nn.Dropout(embed_dropout)
+        self.dim, self.embed_dropout = dim, Dropout(embed_dropout)
         self.layers = nn.ModuleList(EncoderLayer(dim, heads, attn_dropout, relu_dropout, res_dropout)
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
