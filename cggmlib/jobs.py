@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from . import errors
+from .dryrun import dry_run_parameters, reuse_shape
 from .errors import CGGMError, ConfigError
 from .pipeline import Profile, Step, get_profile, plan
 from .processes import die_with_parent, kernel_manager_class, pipeline_environment, report_stale
@@ -126,7 +127,7 @@ class Context:
                              "data_root": str(self.data_root), "out_dir": str(s.path(self.results, self.profile)),
                              "checkpoint_every": self.profile.checkpoint_every, "artifacts": sorted(s.artifacts),
                              "gradient_batches": self.profile.gradient_batches,
-                             "cache_dir": str(self.root / "datasets")}
+                             "cache_dir": str(self.root / "datasets"), "settings": s.other_settings} | dry_run_parameters(self.profile, s)
         if step.kind == "explainer":
             return common | {"out_dir": str(self.root / step.groups[0]), "figures_dir": str(self.root / "figures")}
         return common | {"profile": self.profile.name, "results": str(self.results), "ledger_path": self.ledger}
@@ -140,6 +141,8 @@ def run_step(ctx: Context, step: Step) -> dict:
             status = spec_status(step.spec, ctx.results, ctx.profile)
             if status == "done":
                 return record | {"status": "skipped"}
+            if ctx.profile.reuse_shapes and reuse_shape(ctx.results, ctx.profile, step.spec):
+                return record | {"status": "skipped", "error": ""}  # a dry run's labelled copy (cggmlib/dryrun.py)
             prepare_run_dir(ctx, step, status)
         if step.kind == "data" and data_prepared(ctx, step):
             return record | {"status": "skipped"}
