@@ -137,7 +137,7 @@ PROFILES["colab"] = dataclasses.replace(PROFILES["paper"], name="colab", data_ro
 #: number of utterances); Food-101 and BraTS hold fewer samples than the real sets (cggmlib/dryrun.py)
 FULL_SIZE_STANDINS = {"mosi": {"train": 1284, "valid": 229, "test": 686, "seq_len": 50, "noalign": False},
                       "iemocap": {"utterances": 5531},
-                      "food101": {"classes": 101, "train": 404, "test": 202, "image_size": 224, "hidden": 768},
+                      "food101": {"classes": 101, "train": 1010, "test": 202, "image_size": 224, "hidden": 768},
                       "brats2021": {"cases": 8, "size": 240, "depth": 155}}
 PROFILES["dryrun"] = dataclasses.replace(
     PROFILES["paper"], name="dryrun", allow_standin=True, data_root="", standin_size=FULL_SIZE_STANDINS,
