@@ -17,7 +17,7 @@ Runs of one shape are trained once (`Profile.reuse_shapes`): a run whose (datase
 options other than the numeric ρ and λ, other settings, extra result files) equals one already trained
 differs only in its seed or a coefficient, which changes no tensor shape, so its folder is a copy of
 the first one's, labelled in `DRY_RUN_COPY.json` and in the run card (`dry_run_copy_of`), with its own
-config.json. Checkpoints are not copied.
+config.json. Checkpoints are not copied, and a dry run deletes its own once the run is complete.
 """
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def shape_key(spec) -> tuple:
     """What fixes a run's tensor shapes and code path: everything but the seed and VALUE_ONLY options."""
     options = tuple((k, v) for k, v in spec.kwargs if k not in VALUE_ONLY)
     return spec.dataset, spec.strategy, options, spec.settings, tuple(sorted(spec.artifacts))
+
+
+def drop_checkpoints(folder) -> list[str]:
+    """A completed dry run's checkpoints (about 3 GB for a BraTS run): nothing reads them; removed."""
+    gone = []
+    for name in NOT_COPIED[:2] + ("best_strategy.pt",):
+        if (Path(folder) / name).exists() and (Path(folder) / "metrics.json").exists():
+            (Path(folder) / name).unlink()
+            gone.append(name)
+    return gone
 
 
 def reuse_shape(results, profile, spec) -> Path | None:
@@ -77,4 +87,4 @@ def reuse_shape(results, profile, spec) -> Path | None:
     return src
 
 
-__all__ = ["MARKER", "dry_run_parameters", "reuse_shape", "shape_key"]
+__all__ = ["MARKER", "drop_checkpoints", "dry_run_parameters", "reuse_shape", "shape_key"]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import errors
-from .dryrun import dry_run_parameters, reuse_shape
+from .dryrun import drop_checkpoints, dry_run_parameters, reuse_shape
 from .errors import CGGMError, ConfigError
 from .pipeline import Profile, Step, get_profile, plan
 from .processes import die_with_parent, kernel_manager_class, pipeline_environment, report_stale
@@ -150,6 +150,8 @@ def run_step(ctx: Context, step: Step) -> dict:
             return record | {"status": "skipped"}
         record["seconds"] = round(execute(ctx.notebooks / step.notebook, ctx.output(step), ctx.parameters(step),
                                           cwd=ctx.results.parent, env=KERNEL_ENV | {"OMP_NUM_THREADS": ctx.threads}), 2)
+        if step.kind == "worker" and ctx.profile.reuse_shapes:
+            drop_checkpoints(step.spec.path(ctx.results, ctx.profile))
     except CGGMError as err:
         record |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return record

@@ -81,3 +81,4 @@ def test_tiny_dry_run_trains_one_step_and_copies_the_same_shape(tmp_path, monkey
     assert json.loads((b / "run_card.json").read_text())["dry_run_copy_of"] == str(a.relative_to(ctx.root))
     assert json.loads((b / "config.json").read_text())["seed"] == second.seed
     assert spec_status(first, ctx.results, tiny) == spec_status(second, ctx.results, tiny) == "done"
+    assert not list(a.glob("*.pt")) and not list(b.glob("*.pt"))  # a dry run keeps no checkpoints
