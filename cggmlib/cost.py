@@ -202,7 +202,9 @@ def markdown(result: dict) -> str:
                 f"sustain {result['gpu_tflops']:.1f} TFLOPS (half the peak of a 16 GB T4), so GPU time = CPU time / "
                 f"{result['factor']:.0f}. CPU steps are timed at a small batch and scaled linearly to the paper "
                 "batch; peak memory is the batch-independent state plus the step's allocations scaled with the "
-                "batch (see cggmlib/cost.py)."), "",
+                "batch (see cggmlib/cost.py). The small models (synthetic, mfeat, MOSI, IEMOCAP) are bound by kernel "
+                "launches on a GPU rather than by arithmetic, so their projected GPU times are lower bounds; "
+                "CPU times on a shared machine are noisy (one timed step per row by default)."), "",
              f"**Whole paper profile ({result['planned_runs']} runs planned; {len(result['runs'])} projected here): "
              f"{result['total_hours']:.1f} GPU hours on one GPU.**"
              + (f" Not measured (yet): {', '.join(missing)}; their runs are not in any total." if missing else ""), "",
