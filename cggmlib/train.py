@@ -35,6 +35,7 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     world, device = distributed.setup(cfg.device)
     model.to(device)
     world.shard(data)
+    strategy.step_limit = cfg.max_steps  # a dry run: the strategy's own training passes stop early too
     strategy.setup(model, data)
     tools = step_tools(cfg, model, strategy, device, world, grad_norms)
     scheduler, when = build_scheduler(cfg, tools.optimizer, len(data.train))

@@ -82,3 +82,38 @@ def test_tiny_dry_run_trains_one_step_and_copies_the_same_shape(tmp_path, monkey
     assert json.loads((b / "config.json").read_text())["seed"] == second.seed
     assert spec_status(first, ctx.results, tiny) == spec_status(second, ctx.results, tiny) == "done"
     assert not list(a.glob("*.pt")) and not list(b.glob("*.pt"))  # a dry run keeps no checkpoints
+
+
+class CountingLoader:
+    """The real training loader, counting the batches drawn from it."""
+
+    def __init__(self, loader):
+        self.loader, self.drawn = loader, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.drawn += 1
+            yield batch
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def test_max_steps_also_limits_gblending_estimation_copies():
+    """G-Blending trains a copy per head for super_epoch epochs at epoch 0: a dry run limits those too."""
+    drawn = {}
+    for limit in (0, 1):
+        cfg = cg.Config(dataset="synthetic", strategy="gblending", strategy_kwargs={"super_epoch": 2}, epochs=1,
+                        device="cpu", max_steps=limit)
+        data = cg.load_data("synthetic", batch_size=cfg.batch_size, num_samples=300)
+        data.train = CountingLoader(data.train)
+        model = cg.build_model("synthetic", data, cfg.preset)
+        cg.train(model, cg.make_strategy("gblending", **cfg.strategy_kwargs), data, cfg, progress=False)
+        drawn[limit] = data.train.drawn
+    heads, n = 3 + 1, len(data.train)
+    # each limited pass (a copy's epoch: heads x super_epoch of them; the loop's epoch) draws 2 of n batches
+    # (the second only to stop); the passes over all of train that compute the losses are the same in both
+    assert n >= 3 and drawn[0] - drawn[1] == (heads * 2 + 1) * (n - 2)
