@@ -21,7 +21,8 @@ How each number is obtained (also printed into the Markdown):
 - With a CUDA GPU present every row is measured on it at the paper batch (`torch.cuda.max_memory_allocated`,
   synchronised step times) and replaces the projection.
 - An epoch is steps × step time plus one forward pass over validation and test (taken as a third of
-  a step per batch). UMT/UME teachers (trained before the students) are not included.
+  a step per batch). G-Blending's estimation copies are added (`extra_epochs`); UMT/UME teachers
+  (trained before the students) are not included.
 """
 from __future__ import annotations
 
@@ -122,6 +123,17 @@ def project(m: dict, dataset: str, factor: float, measured_on: str) -> dict:
             "fits_16gb": peak < GPU_GB * 1024 * HEADROOM, "largest_batch_16gb": max(fits_batch, 0)}
 
 
+def extra_epochs(spec) -> float:
+    """Training beyond the loop's own epochs, as a factor: G-Blending ("copy" estimate) trains a copy per
+    head (M modalities + fused) for super_epoch epochs every super_epoch epochs, (M + 1) extra epochs per
+    epoch, each counted as a full epoch (an upper bound: a modality's copy trains one encoder)."""
+    if spec.strategy == "gblending" and spec.strategy_kwargs.get("estimate", "copy") == "copy":
+        from .pipeline import MODALITIES
+
+        return 1.0 + len(MODALITIES[spec.dataset]) + 1
+    return 1.0
+
+
 def gpu_hours(ms_step: float, dataset: str, batch: int, epochs: int) -> float:
     steps = math.ceil(TRAIN_SIZE[dataset][0] / batch) + math.ceil(EVAL_SIZE[dataset] / batch) / 3
     return ms_step * steps * epochs / 3.6e6
@@ -176,7 +188,7 @@ def summarize(rows, device, threads, gflops, gpu_tflops, factor) -> dict:
         if r is None or "error" in r:
             continue
         cfg = spec.config(paper)
-        hours = gpu_hours(r["ms_step_gpu"], spec.dataset, cfg.batch_size, cfg.epochs)
+        hours = gpu_hours(r["ms_step_gpu"], spec.dataset, cfg.batch_size, cfg.epochs) * extra_epochs(spec)
         runs.append({"dataset": spec.dataset, "label": spec.label, "seed": spec.seed, "hours": hours,
                      "groups": sorted(spec.groups)})
     for report in REPORTS:
@@ -204,7 +216,9 @@ def markdown(result: dict) -> str:
                 "batch; peak memory is the batch-independent state plus the step's allocations scaled with the "
                 "batch (see cggmlib/cost.py). The small models (synthetic, mfeat, MOSI, IEMOCAP) are bound by kernel "
                 "launches on a GPU rather than by arithmetic, so their projected GPU times are lower bounds; "
-                "CPU times on a shared machine are noisy (one timed step per row by default)."), "",
+                "CPU times on a shared machine are noisy (one timed step per row by default). G-Blending runs count "
+                "their estimation copies ((M + 1) extra epochs per epoch, an upper bound); UMT/UME teachers are not "
+                "counted."), "",
              f"**Whole paper profile ({result['planned_runs']} runs planned; {len(result['runs'])} projected here): "
              f"{result['total_hours']:.1f} GPU hours on one GPU.**"
              + (f" Not measured (yet): {', '.join(missing)}; their runs are not in any total." if missing else ""), "",
@@ -245,6 +259,14 @@ def _largest(row: dict) -> str:
     return f"≥ {cap}" if row["largest_batch_16gb"] >= cap else str(row["largest_batch_16gb"])
 
 
+def write_files(path, result: dict) -> None:
+    """PATH (the Markdown) and PATH with .json (every measured row and projected run)."""
+    from .runs import atomic_write_json, atomic_write_text
+
+    atomic_write_text(Path(path), markdown(result))
+    atomic_write_json(Path(path).with_suffix(".json"), result)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cggmlib.cost", description=__doc__.splitlines()[0])
     p.add_argument("--write", default=None, help="Markdown file to write (e.g. docs/cost.md); also writes .json beside it")
@@ -253,18 +275,22 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gpu-tflops", type=float, default=4.0, help="assumed sustained float32 TFLOPS of the GPU (CPU only)")
     p.add_argument("--measure-batch", default=None, help='JSON: dataset -> CPU measurement batch, e.g. \'{"food101": 2}\'')
+    p.add_argument("--rows-from", default=None, metavar="JSON",
+                   help="re-project the rows measured in an earlier run's JSON (e.g. docs/cost.json), measuring nothing")
     args = p.parse_args(argv)
     from .errors import ConfigError
+
+    if args.rows_from:
+        old = json.loads(Path(args.rows_from).read_text())
+        result = summarize(old["rows"], old["device"], old["threads"], old["cpu_gflops"], old["gpu_tflops"], old["factor"])
+        write_files(args.write, result) if args.write else print(markdown(result))
+        return 0
 
     unknown = sorted(set(args.datasets or ()) - set(TRAIN_SIZE))
     if unknown:
         raise ConfigError(f"--datasets: unknown {unknown}; choose from {sorted(TRAIN_SIZE)}")
     def write(result):
-        from .runs import atomic_write_json, atomic_write_text
-
-        out = Path(args.write)
-        atomic_write_text(out, markdown(result))
-        atomic_write_json(out.with_suffix(".json"), result)
+        write_files(args.write, result)
 
     result = collect(args.datasets, args.reps, args.threads, args.gpu_tflops, log=lambda s: print(s, flush=True),
                      measure_batch=json.loads(args.measure_batch) if args.measure_batch else None,

@@ -29,6 +29,9 @@ def test_the_command_writes_measured_rows_and_gpu_hours(tmp_path):
     text = out.read_text()
     assert "python -m cggmlib.cost --write docs/cost.md" in text and "| synthetic | cggm |" in text
     assert "GPU time = CPU time /" in text
+    again = tmp_path / "again.md"  # re-projection of the stored rows measures nothing and agrees
+    assert cost.main(["--rows-from", str(out.with_suffix(".json")), "--write", str(again)]) == 0
+    assert again.read_text() == text
 
 
 def test_unknown_dataset_is_named():
