@@ -45,7 +45,8 @@ TRAIN_SIZE = {
     "synthetic": (1800, "the generator's train split"),
     "mfeat": (1200, "60 % of 2,000 digits"),
 }
-EVAL_SIZE = {"mosi": 229 + 686, "iemocap": 1106, "food101": 6799 + 22716, "brats2021": 375 * 155,
+#: samples of one evaluation pass (validation + test); BraTS: one tumour slice per case (official protocol)
+EVAL_SIZE = {"mosi": 229 + 686, "iemocap": 1106, "food101": 6799 + 22716, "brats2021": 375,
              "synthetic": 1200, "mfeat": 800}
 #: batch a CPU step is measured at (scaled linearly to the paper batch)
 MEASURE_BATCH = {"mosi": 16, "iemocap": 8, "food101": 4, "brats2021": 1, "synthetic": 64, "mfeat": 64}
@@ -218,7 +219,9 @@ def markdown(result: dict) -> str:
                 "launches on a GPU rather than by arithmetic, so their projected GPU times are lower bounds; "
                 "CPU times on a shared machine are noisy (one timed step per row by default). G-Blending runs count "
                 "their estimation copies ((M + 1) extra epochs per epoch, an upper bound); UMT/UME teachers are not "
-                "counted."), "",
+                "counted. The factor comes from matrix multiplies; CPU convolutions reach a smaller share of that "
+                "throughput, so the BraTS projection is likely high, and CPU peak memory (oneDNN buffers) is likely "
+                "above the CUDA peak: measure on the GPU before planning around either."), "",
              f"**Whole paper profile ({result['planned_runs']} runs planned; {len(result['runs'])} projected here): "
              f"{result['total_hours']:.1f} GPU hours on one GPU.**"
              + (f" Not measured (yet): {', '.join(missing)}; their runs are not in any total." if missing else ""), "",
