@@ -67,6 +67,12 @@ class Config:
     """a non-finite loss or gradient: raise (stop with a message) | skip (drop that step, count it)"""
     checkpoint_every: int = 0
     """also checkpoint every N steps (0: only at the end of each epoch)"""
+    max_steps: int = 0
+    """dry runs only (`cggm reproduce --profile dryrun`): stop each epoch after this many optimisation
+    steps; 0 (every real run): the whole epoch. Part of the configuration key, so a dry-run folder is never
+    taken for a real run"""
+    max_eval_batches: int = 0
+    """dry runs only: evaluate validation and test on this many batches; 0 (every real run): all of them"""
 
     def __post_init__(self):
         from .data import DATASETS
@@ -133,6 +139,10 @@ class Config:
         need(self.nonfinite in NONFINITE, f"nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
         need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
              f"checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
+        for name in ("max_steps", "max_eval_batches"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                 f"{name} must be an integer >= 0 (0: no limit, as in every real run), got {value!r}")
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed (presets are re-applied only to fields set to None)."""
@@ -145,8 +155,13 @@ class Config:
         """A short hash of the settings that change results (not the device or data root).
 
         `ignore`: further fields left out, e.g. ("epochs",) when a resumed run may train longer.
+        `max_steps` and `max_eval_batches` count only when set (dry runs), so every real run keeps the
+        key it had before they existed.
         """
         d = keyed(self.to_dict(), ignore)
+        for k in ("max_steps", "max_eval_batches"):
+            if not d.get(k):
+                d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @classmethod

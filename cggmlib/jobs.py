@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from . import errors
+from .dryrun import drop_checkpoints, dry_run_parameters, reuse_shape
 from .errors import CGGMError, ConfigError
 from .pipeline import Profile, Step, get_profile, plan
 from .processes import die_with_parent, kernel_manager_class, pipeline_environment, report_stale
@@ -121,12 +122,11 @@ class Context:
         if step.kind == "worker":
             s = step.spec
             return common | {"dataset": s.dataset, "strategy": s.strategy, "strategy_kwargs": s.strategy_kwargs,
-                             "config_kwargs": s.config_kwargs,
                              "seed": s.seed, "preset": self.profile.preset, "epochs": s.epochs or 0,
                              "data_root": str(self.data_root), "out_dir": str(s.path(self.results, self.profile)),
                              "checkpoint_every": self.profile.checkpoint_every, "artifacts": sorted(s.artifacts),
                              "gradient_batches": self.profile.gradient_batches,
-                             "cache_dir": str(self.root / "datasets")}
+                             "cache_dir": str(self.root / "datasets"), "settings": s.other_settings} | dry_run_parameters(self.profile, s)
         if step.kind == "explainer":
             return common | {"out_dir": str(self.root / step.groups[0]), "figures_dir": str(self.root / "figures")}
         return common | {"profile": self.profile.name, "results": str(self.results), "ledger_path": self.ledger}
@@ -140,6 +140,8 @@ def run_step(ctx: Context, step: Step) -> dict:
             status = spec_status(step.spec, ctx.results, ctx.profile)
             if status == "done":
                 return record | {"status": "skipped"}
+            if ctx.profile.reuse_shapes and reuse_shape(ctx.results, ctx.profile, step.spec):
+                return record | {"status": "skipped", "error": ""}  # a dry run's labelled copy (cggmlib/dryrun.py)
             prepare_run_dir(ctx, step, status)
         if step.kind == "data" and data_prepared(ctx, step):
             return record | {"status": "skipped"}
@@ -147,6 +149,8 @@ def run_step(ctx: Context, step: Step) -> dict:
             return record | {"status": "skipped"}
         record["seconds"] = round(execute(ctx.notebooks / step.notebook, ctx.output(step), ctx.parameters(step),
                                           cwd=ctx.results.parent, env=KERNEL_ENV | {"OMP_NUM_THREADS": ctx.threads}), 2)
+        if step.kind == "worker" and ctx.profile.reuse_shapes:
+            drop_checkpoints(step.spec.path(ctx.results, ctx.profile))
     except CGGMError as err:
         record |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return record

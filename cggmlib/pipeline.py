@@ -91,6 +91,15 @@ class Profile:
     description: str = ""
     explainers: bool = True
     """also run the explainer notebooks (00_quickstart, 80_your_model), which train their own small examples"""
+    max_steps: int = 0
+    """dry runs only: optimisation steps per epoch (Config.max_steps); 0: whole epochs, as every real profile"""
+    max_eval_batches: int = 0
+    """dry runs only: batches evaluated per split (Config.max_eval_batches); 0: all"""
+    batch_size: dict = field(default_factory=dict)
+    """dry runs only: dataset -> batch size replacing the preset's (where the paper batch does not fit this machine)"""
+    reuse_shapes: bool = False
+    """dry runs only: a run with the same (dataset, strategy, model, batch) shape as one already trained is
+    not trained again; its folder is a labelled copy of the first (cggmlib/dryrun.py)"""
 
     def epochs_for(self, dataset: str) -> int | None:
         return self.epochs.get(dataset)
@@ -124,6 +133,19 @@ PROFILES["colab"] = dataclasses.replace(PROFILES["paper"], name="colab", data_ro
                                         results=f"{DRIVE}/results", checkpoint_every=200,
                                         description="paper settings; results and checkpoints on Google Drive, resumed")
 
+#: full-size stand-ins: the real per-sample shapes (MOSI also the real split sizes and IEMOCAP the real
+#: number of utterances); Food-101 and BraTS hold fewer samples than the real sets (cggmlib/dryrun.py)
+FULL_SIZE_STANDINS = {"mosi": {"train": 1284, "valid": 229, "test": 686, "seq_len": 50, "noalign": False},
+                      "iemocap": {"utterances": 5531},
+                      "food101": {"classes": 101, "train": 1010, "test": 202, "image_size": 224, "hidden": 768},
+                      "brats2021": {"cases": 8, "size": 240, "depth": 155}}
+PROFILES["dryrun"] = dataclasses.replace(
+    PROFILES["paper"], name="dryrun", allow_standin=True, data_root="", standin_size=FULL_SIZE_STANDINS,
+    epochs={d: 1 for d in (*PAPER_DATASETS, "synthetic", "mfeat")}, max_steps=2, max_eval_batches=1,
+    batch_size={"brats2021": 2}, reuse_shapes=True, gradient_batches=1, threads=None, explainers=False,
+    description="the paper grid on full-size stand-ins, 2 steps and 1 evaluation batch per run, runs of one "
+                "shape trained once; CPU; checks the pipeline, measures nothing")
+
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
@@ -153,15 +175,17 @@ class RunSpec:
         return dict(self.kwargs)
 
     @property
-    def config_kwargs(self) -> dict:
-        """The other Config fields (`settings`) as a dict, as the worker notebook takes them."""
+    def other_settings(self) -> dict:
+        """`settings` as Config keyword arguments (the worker notebook's `settings` parameter)."""
         return {k: dict(v) if isinstance(v, tuple) else v for k, v in self.settings}
 
     def config(self, profile: Profile, data_root: str | None = None) -> Config:
-        other = self.config_kwargs
+        other = self.other_settings
         return Config(dataset=self.dataset, strategy=self.strategy, strategy_kwargs=self.strategy_kwargs,
                       preset=profile.preset, data_root=str(data_root or profile.data_root), epochs=self.epochs,
-                      seed=self.seed, checkpoint_every=profile.checkpoint_every, **other)
+                      seed=self.seed, checkpoint_every=profile.checkpoint_every, max_steps=profile.max_steps,
+                      max_eval_batches=profile.max_eval_batches, batch_size=profile.batch_size.get(self.dataset),
+                      **other)
 
     def path(self, results, profile: Profile) -> Path:
         return Path(results) / profile.name / self.dataset / self.label / f"seed{self.seed}"

@@ -56,13 +56,16 @@ def summarize(epochs: pd.DataFrame, data, best_epoch: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, device=None, strategy=None) -> dict[str, float]:
-    """The task's metrics and mean loss of the fused prediction over `loader`."""
+def evaluate(model, loader, task, device=None, strategy=None, max_batches: int = 0) -> dict[str, float]:
+    """The task's metrics and mean loss of the fused prediction over `loader` (its first `max_batches`
+    batches when > 0: dry runs only, Config.max_eval_batches)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     meter, total, n = task.new_meter(), 0.0, 0
-    for batch in loader:
+    for k, batch in enumerate(loader):
+        if max_batches and k >= max_batches:
+            break
         batch = batch.to(device)
         pred = strategy.predict(model, batch.inputs) if strategy is not None else model(batch.inputs).logits
         total = total + task.loss(pred.float(), batch.target) * len(batch)

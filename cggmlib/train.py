@@ -35,6 +35,7 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     world, device = distributed.setup(cfg.device)
     model.to(device)
     world.shard(data)
+    strategy.step_limit = cfg.max_steps  # a dry run: the strategy's own training passes stop early too
     strategy.setup(model, data)
     tools = step_tools(cfg, model, strategy, device, world, grad_norms)
     scheduler, when = build_scheduler(cfg, tools.optimizer, len(data.train))
@@ -64,6 +65,8 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
         for i, batch in enumerate(device_batches(data.train, device)):
             if i < loop["batch"]:  # resuming inside an epoch: the order is seeded by (seed, epoch)
                 continue
+            if cfg.max_steps and i >= cfg.max_steps:  # a dry run (Config.max_steps): the epoch ends early
+                break
             row = train_step(model, strategy, batch, epoch, tools, loop["step"])
             loop["skipped"] = tools.finite.skipped
             if when == "step":
@@ -76,8 +79,8 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
                 save()
         tools.finite.check_trace(trace, flush=True)
         world.broadcast_buffers(model)
-        val = evaluate(model, data.val, data.task, device, strategy)
-        test = evaluate(model, data.test, data.task, device, strategy)
+        val = evaluate(model, data.val, data.task, device, strategy, cfg.max_eval_batches)
+        test = evaluate(model, data.test, data.task, device, strategy, cfg.max_eval_batches)
         trace.log(epoch=epoch, **{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()})
         if when == "epoch":
             scheduler.step(val["loss"])

@@ -212,5 +212,5 @@ def test_worker_parameters_rebuild_the_runs_configuration(tmp_path):
         p = ctx.parameters(step)
         cfg = cg.Config(dataset=p["dataset"], strategy=p["strategy"], strategy_kwargs=p["strategy_kwargs"],
                         seed=p["seed"], preset=p["preset"], epochs=p["epochs"] or None, data_root=p["data_root"],
-                        checkpoint_every=p["checkpoint_every"], **p["config_kwargs"])
+                        checkpoint_every=p["checkpoint_every"], **p["settings"])
         assert cfg.key() == step.spec.config(profile).key(), step.name

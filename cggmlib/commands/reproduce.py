@@ -8,13 +8,15 @@ writes results/<profile>/ (run folders, notebooks/, figures/, tables/, index.htm
     cggm reproduce --profile paper --data-root data --jobs 4    # real data, paper settings; 4 GPUs
     cggm reproduce --profile paper --only table6 fig5       # one table and one figure (and their runs)
     cggm reproduce --profile paper --render-only            # reviewer mode: no training, re-check receipts
+    cggm reproduce --profile dryrun                         # the paper grid, 2 steps a run, on CPU (docs/reproduce.md)
 """
 from __future__ import annotations
 
 
 def add_arguments(p) -> None:
     p.add_argument("--profile", default="smoke", help="smoke (CPU, stand-ins) | paper (GPU, real data) | colab (paper "
-                   "settings, results on Google Drive) | ci (the test suite's smallest smoke grid)")
+                   "settings, results on Google Drive) | ci (the test suite's smallest smoke grid) | dryrun (the paper grid on "
+                   "full-size stand-ins, 2 steps a run: check everything before the first GPU hour)")
     p.add_argument("--data-root", default=None, help="folder holding <dataset>/ (smoke default: "
                    "results/smoke/data, where stand-ins are written; paper: ./data)")
     p.add_argument("--results", default=None, help="results root (default ./results; colab: a Google Drive folder)")

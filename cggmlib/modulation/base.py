@@ -85,6 +85,10 @@ class Strategy:
     def hparams(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    #: dry runs only (Config.max_steps, set by `train`): batches a strategy's own passes over data.train
+    #: may take (G-Blending's estimation copies); 0: all, as in every real run
+    step_limit = 0
+
     def state_dict(self) -> dict:
         """Everything that crosses steps, for checkpoints; subclasses add their own state."""
         return {"classifiers": self.classifiers.state_dict() if self.classifiers is not None else None}

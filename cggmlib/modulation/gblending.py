@@ -128,7 +128,9 @@ class GBlending(Strategy):
         set_epoch = getattr(data.train, "set_epoch", lambda e: None)
         for i in range(self.super_epoch):
             set_epoch(epoch + i)  # the copy sees the batches the run itself will see next
-            for batch in data.train:
+            for j, batch in enumerate(data.train):
+                if self.step_limit and j >= self.step_limit:  # a dry run (Config.max_steps)
+                    break
                 batch = batch.to(device)
                 if head == FUSED:
                     pred = model_k(batch.inputs).logits

@@ -1,0 +1,39 @@
+"""`python -m cggmlib.cost`: the cost table of the paper profile (measured rows, projection, 16 GB verdict)."""
+import json
+
+import pytest
+
+from cggmlib import cost
+from cggmlib.errors import ConfigError
+
+
+def test_projection_scales_activations_with_the_batch_and_finds_the_largest_batch():
+    m = {"batch": 2, "ms": 1000.0, "live_mb": 100.0, "peak_mb": 300.0}
+    p = cost.project(m, "brats2021", factor=50.0, measured_on="cpu")  # paper batch 64
+    assert p["paper_batch"] == 64 and p["peak_mb_paper_batch"] == pytest.approx(100 + 200 * 32)
+    assert p["ms_step_cpu"] == pytest.approx(32000) and p["ms_step_gpu"] == pytest.approx(640)
+    assert p["fits_16gb"] and p["largest_batch_16gb"] == int((16 * 1024 * 0.9 - 100) // 100)
+    assert p["steps_per_epoch"] == 14  # 876 training slices / 64
+    big = cost.project(m | {"peak_mb": 1100.0}, "brats2021", factor=50.0, measured_on="cpu")
+    assert not big["fits_16gb"] and big["largest_batch_16gb"] < 64
+
+
+def test_the_command_writes_measured_rows_and_gpu_hours(tmp_path):
+    out = tmp_path / "cost.md"
+    assert cost.main(["--datasets", "synthetic", "--reps", "1", "--write", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = result["rows"]
+    assert [r["row"] for r in rows] == ["cggm"] and rows[0]["params"] > 0 and rows[0]["ms"] > 0
+    assert result["factor"] > 1 and result["total_hours"] > 0
+    assert len(result["runs"]) == sum(1 for r in result["runs"] if r["dataset"] == "synthetic") > 0
+    text = out.read_text()
+    assert "python -m cggmlib.cost --write docs/cost.md" in text and "| synthetic | cggm |" in text
+    assert "GPU time = CPU time /" in text
+    again = tmp_path / "again.md"  # re-projection of the stored rows measures nothing and agrees
+    assert cost.main(["--rows-from", str(out.with_suffix(".json")), "--write", str(again)]) == 0
+    assert again.read_text() == text
+
+
+def test_unknown_dataset_is_named():
+    with pytest.raises(ConfigError, match="--datasets: unknown"):
+        cost.main(["--datasets", "cifar"])

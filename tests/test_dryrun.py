@@ -1,0 +1,119 @@
+"""The paper profile's dry run (cggmlib/dryrun.py): step limits, the dryrun profile, labelled shape reuse,
+and the worker receiving every setting of its run."""
+import dataclasses
+import json
+
+import pytest
+
+import cggmlib as cg
+from cggmlib import jobs, pipeline
+from cggmlib.data.standins import write_standin
+from cggmlib.dryrun import MARKER, shape_key
+from cggmlib.errors import ConfigError
+from cggmlib.presets import train_kwargs
+from cggmlib.reports import spec_status
+
+
+def test_max_steps_stops_the_epoch_and_evaluation_early():
+    full = cg.Config(dataset="synthetic", strategy="joint", epochs=1, batch_size=16, device="cpu")
+    cfg = full.replace(max_steps=2, max_eval_batches=1)
+    data = cg.load_data("synthetic", batch_size=16)
+    model = cg.build_model("synthetic", data, cfg.preset)
+    result = cg.train(model, cg.make_strategy("joint"), data, cfg, progress=False)
+    assert len(result.trace.steps()) == 2 < len(data.train)
+    assert cfg.key() != full.key()  # a dry-run folder is never taken for a real run
+    # off, the key is the one every real run had before the field existed (results stay valid)
+    assert cg.Config(dataset="synthetic", strategy="joint", device="cpu").key() == "47b8d0b494d5"
+    with pytest.raises(ConfigError, match="max_steps must be an integer >= 0"):
+        full.replace(max_steps=-1)
+
+
+@pytest.mark.parametrize("name", ["paper", "colab", "smoke", "ci"])
+def test_real_profiles_never_limit_steps_or_batches(name):
+    profile = pipeline.PROFILES[name]
+    for spec in pipeline.grid(profile):
+        cfg = spec.config(profile)
+        assert (cfg.max_steps, cfg.max_eval_batches) == (0, 0)
+        assert cfg.batch_size == train_kwargs(spec.dataset, profile.preset)["batch_size"]
+
+
+def test_dryrun_profile_is_the_paper_grid_with_limits():
+    paper, dry = pipeline.PROFILES["paper"], pipeline.PROFILES["dryrun"]
+    where = lambda p: sorted((s.dataset, s.label, s.seed) for s in pipeline.grid(p))  # noqa: E731
+    assert where(dry) == where(paper)
+    for spec in pipeline.grid(dry):
+        cfg = spec.config(dry)
+        assert cfg.preset == "paper" and cfg.max_steps == 2 and cfg.max_eval_batches == 1 and cfg.epochs == 1
+    assert len({shape_key(s) for s in pipeline.grid(dry)}) < len(pipeline.grid(dry)) / 2
+
+
+def test_the_worker_receives_every_setting_of_its_run(tmp_path):
+    """The audit's corrections set other Config fields (lr_warmup, model_kwargs, task_kwargs): the worker
+    must build exactly the spec's configuration (before, it dropped them and trained the official run)."""
+    profile = pipeline.PROFILES["paper"]
+    ctx = jobs.Context(profile, tmp_path, tmp_path / "data", tmp_path, threads=1)
+    fixes = [s for s in pipeline.grid(profile) if s.settings]
+    assert fixes
+    for spec in fixes:
+        p = ctx.parameters(pipeline.worker_step(spec))
+        cfg = cg.Config(dataset=p["dataset"], strategy=p["strategy"], strategy_kwargs=p["strategy_kwargs"],
+                        seed=p["seed"], preset=p["preset"], epochs=p["epochs"] or None, **p["settings"])
+        assert cfg.key() == spec.config(profile).key(), spec.label
+
+
+def test_tiny_dry_run_trains_one_step_and_copies_the_same_shape(tmp_path, monkeypatch):
+    """One dataset, one step, through the real worker notebook; the second seed is a labelled copy."""
+    tiny = dataclasses.replace(pipeline.PROFILES["dryrun"], name="dryrun_tiny", max_steps=1, threads=1,
+                               standin_size={"mosi": {"train": 24, "valid": 8, "test": 8}})
+    monkeypatch.setitem(pipeline.PROFILES, "dryrun_tiny", tiny)
+    data_root = tmp_path / "data"
+    write_standin("mosi", data_root, train=24, valid=8, test=8)
+    first, second = [s for s in pipeline.grid(tiny) if s.dataset == "mosi" and s.label == "joint"][:2]
+    assert shape_key(first) == shape_key(second) and first.seed != second.seed
+    ctx = jobs.Context(tiny, tmp_path / "results", data_root, jobs.notebooks_folder(), threads=1)
+    records = [jobs.run_step(ctx, pipeline.worker_step(s)) for s in (first, second)]
+    assert [r["status"] for r in records] == ["ran", "skipped"], records
+    a, b = first.path(ctx.results, tiny), second.path(ctx.results, tiny)
+    config = json.loads((a / "config.json").read_text())
+    assert config["max_steps"] == 1 and config["max_eval_batches"] == 1 and config["preset"] == "paper"
+    assert len(cg.load_run(a)["trace"].dropna(subset=["loss"])) == 1
+    assert json.loads((b / MARKER).read_text())["copy_of"] == str(a.relative_to(ctx.root))
+    assert json.loads((b / "run_card.json").read_text())["dry_run_copy_of"] == str(a.relative_to(ctx.root))
+    assert json.loads((b / "config.json").read_text())["seed"] == second.seed
+    assert spec_status(first, ctx.results, tiny) == spec_status(second, ctx.results, tiny) == "done"
+    assert not list(a.glob("*.pt")) and not list(b.glob("*.pt"))  # a dry run keeps no checkpoints
+
+
+class CountingLoader:
+    """The real training loader, counting the batches drawn from it."""
+
+    def __init__(self, loader):
+        self.loader, self.drawn = loader, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.drawn += 1
+            yield batch
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def test_max_steps_also_limits_gblending_estimation_copies():
+    """G-Blending trains a copy per head for super_epoch epochs at epoch 0: a dry run limits those too."""
+    drawn = {}
+    for limit in (0, 1):
+        cfg = cg.Config(dataset="synthetic", strategy="gblending", strategy_kwargs={"super_epoch": 2}, epochs=1,
+                        device="cpu", max_steps=limit)
+        data = cg.load_data("synthetic", batch_size=cfg.batch_size, num_samples=300)
+        data.train = CountingLoader(data.train)
+        model = cg.build_model("synthetic", data, cfg.preset)
+        cg.train(model, cg.make_strategy("gblending", **cfg.strategy_kwargs), data, cfg, progress=False)
+        drawn[limit] = data.train.drawn
+    heads, n = 3 + 1, len(data.train)
+    # each limited pass (a copy's epoch: heads x super_epoch of them; the loop's epoch) draws 2 of n batches
+    # (the second only to stop); the passes over all of train that compute the losses are the same in both
+    assert n >= 3 and drawn[0] - drawn[1] == (heads * 2 + 1) * (n - 2)
