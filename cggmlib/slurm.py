@@ -170,22 +170,34 @@ def log_path(record: dict) -> Path:
     return JobPaths(record["folder"], job_id=record["job_id"], task_id=0).stderr
 
 
-def job_state(record: dict) -> tuple[str, str]:
+def job_state(record: dict, queue: dict | None = None) -> tuple[str, str]:
     """(state, detail) of a recorded job: queued | running | done | failed, from submitit's job folder
-    (the result pickle) and the scheduler (squeue, then sacct); detail names the log of a failed job."""
+    (the result pickle) and the scheduler (`queue`: `squeue_states()`, then sacct); detail names the log
+    of a failed job."""
     result = job_result(record)
     if isinstance(result, dict) and result.get("status") != "failed":
         return "done", ""
     if result is not None:
-        why = result["error"] if isinstance(result, dict) else result[1].strip().splitlines()[-1]
-        return "failed", f"{why.splitlines()[0]}; log {log_path(record)}"
-    scheduler = _scheduler_state(record)
+        why = (" ".join(x.strip() for x in result["error"].splitlines()) if isinstance(result, dict)
+               else result[1].strip().splitlines()[-1])
+        return "failed", f"{why}; log {log_path(record)}"
+    scheduler = _scheduler_state(record, queue)
     if scheduler in LIVE:
         return ("queued" if scheduler in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED") else "running"), scheduler
     return "failed", f"job {record['job_id']} ended without a result ({scheduler}); log {log_path(record)}"
 
 
-def _scheduler_state(record: dict) -> str:
+def squeue_states() -> dict | None:
+    """{job id: state} of every job the Slurm controller knows (array tasks one by one); None without squeue."""
+    if not shutil.which("squeue"):
+        return None
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+
+
+def _scheduler_state(record: dict, queue: dict | None = None) -> str:
     if record.get("cluster") == "local":  # submitit's LocalExecutor: the job id is its controller's pid
         try:
             import psutil
@@ -195,11 +207,9 @@ def _scheduler_state(record: dict) -> str:
         except (ImportError, ValueError, OSError, Exception):  # psutil.Error: gone
             alive = False
         return "RUNNING" if alive else "GONE"
-    if shutil.which("squeue"):
-        out = subprocess.run(["squeue", "-h", "-j", record["job_id"], "-o", "%T"], capture_output=True, text=True)
-        state = out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else ""
-        if state:
-            return state
+    queue = squeue_states() if queue is None else queue
+    if queue and record["job_id"] in queue:
+        return queue[record["job_id"]]
     try:  # no longer in the controller's memory: accounting (sacct), where the cluster keeps it
         from submitit import SlurmJob
 
@@ -225,6 +235,8 @@ class SlurmRunner:
                               "--slurm-cluster local to try the jobs on this machine")
         self.ctx, self.cluster, self.jobs, self.threads, self.poll_s, self.log = ctx, cluster, jobs, threads, poll_s, log
         self.options = slurm_parameters(options)
+        if cluster == "local" and jobs:
+            log(f"note: --jobs {jobs} is not applied by submitit's LocalExecutor: every submitted job starts at once")
 
     def executor(self, params: dict, name: str):
         import submitit
@@ -238,9 +250,10 @@ class SlurmRunner:
         """Submit the steps without a queued or running job, wait for every step's job, one record per step."""
         waiting: dict[str, tuple[Step, dict]] = {}
         todo: list[Step] = []
+        queue = self.queue()
         for step in steps:
             record = read_record(self.ctx.root, step)
-            if record is not None and job_state(record)[0] in ("queued", "running"):
+            if record is not None and job_state(record, queue)[0] in ("queued", "running"):
                 self.log(f"  attached {record['job_id']:>10}  {step.name} (submitted {record['submitted']})")
                 waiting[step.name] = (step, record)
             elif kind == "worker" and self._done(step):
@@ -254,6 +267,9 @@ class SlurmRunner:
             for step, record in self.submit(group, json.loads(key), kind):
                 waiting[step.name] = (step, record)
         return self.wait(list(waiting.values()))
+
+    def queue(self) -> dict:
+        return (squeue_states() or {}) if self.cluster == "slurm" else {}
 
     def _done(self, step: Step) -> bool:
         from .reports import spec_status
@@ -283,13 +299,13 @@ class SlurmRunner:
 
         records, left = [], list(pending)
         while left:
-            still = []
+            still, queue = [], self.queue()
             for step, record in left:
                 base = {"step": step.name, "kind": step.kind, "status": "skipped", "seconds": 0.0, "error": ""}
                 if not record:  # complete before this command: nothing submitted
                     records.append(base)
                 else:
-                    state, detail = job_state(record)
+                    state, detail = job_state(record, queue)
                     if state in ("queued", "running"):
                         still.append((step, record))
                         continue
@@ -311,14 +327,14 @@ def status(profile: str, results=None, only=None, log=print) -> list[dict]:
 
     prof = get_profile(profile)
     root = Path(results or prof.results).resolve() / prof.name
-    rows = []
+    rows, queue = [], squeue_states() or {}
     for step in plan(prof, only):
         record = read_record(root, step)
         run = spec_status(step.spec, root.parent, prof) if step.kind == "worker" else None
         if run == "done":
             state, detail = "done", ""
         elif record is not None:
-            state, detail = job_state(record)
+            state, detail = job_state(record, queue)
             if state == "done" and step.kind == "worker":
                 state, detail = "failed", f"the job ended but the run is {run}; log {log_path(record)}"
         elif step.kind != "worker" and (root / "notebooks" / f"{step.name}.ipynb").exists():
