@@ -120,9 +120,16 @@ class StepJob:
         self.ctx, self.step = ctx, step
 
     def __call__(self) -> dict:
+        import signal
+
         from .jobs import _environment, run_step
         from .processes import pipeline_environment
 
+        # Slurm signals every process of a preempted job with SIGTERM before it kills and requeues it; ignored
+        # here (submitit only logs it) and so in the notebook's kernel, which inherits the setting, so the kernel
+        # keeps training instead of dying and ending the step as failed. Cancel and requeue end both with SIGKILL
+        # (the kernel also dies with this process, cggmlib/processes.py).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with _environment(pipeline_environment(self.ctx.root)):
             return run_step(self.ctx, self.step)
 
