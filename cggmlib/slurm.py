@@ -245,12 +245,14 @@ class SlurmRunner:
         if cluster == "local" and jobs:
             log(f"note: --jobs {jobs} is not applied by submitit's LocalExecutor: every submitted job starts at once")
 
-    def executor(self, params: dict, name: str):
+    def executor(self, params: dict, kind: str):
+        """submitit's executor for one array: the resource table's `params`, then --jobs, then --slurm-opt."""
         import submitit
 
         ex = submitit.AutoExecutor(folder=slurm_folder(self.ctx.root) / "jobs" / "%j", cluster=self.cluster)
-        ex.update_parameters(name=name, **params, **({"slurm_array_parallelism": self.jobs} if self.jobs else {}),
-                             **self.options)
+        parallel = 1 if kind == "data" else self.jobs  # data steps one at a time, as with the local executor
+        ex.update_parameters(**({"name": f"cggm-{self.ctx.profile.name}-{kind}"} | params
+                                | ({"slurm_array_parallelism": parallel} if parallel else {}) | self.options))
         return ex
 
     def run(self, steps: list[Step], kind: str) -> list[dict]:
@@ -270,6 +272,11 @@ class SlurmRunner:
         groups: dict[str, list[Step]] = {}
         for step in todo:
             groups.setdefault(json.dumps(resources(self.ctx.profile, step), sort_keys=True), []).append(step)
+        if kind == "data" and self.cluster == "local":  # the LocalExecutor has no array limit: one after another
+            records = self.wait(list(waiting.values()))
+            for step in todo:
+                records += self.wait(self.submit([step], resources(self.ctx.profile, step), kind))
+            return records
         for key, group in groups.items():
             for step, record in self.submit(group, json.loads(key), kind):
                 waiting[step.name] = (step, record)
@@ -286,8 +293,7 @@ class SlurmRunner:
     def submit(self, group: list[Step], params: dict, kind: str) -> list[tuple[Step, dict]]:
         ctx = copy.copy(self.ctx)
         ctx.threads = self.threads or self.ctx.profile.threads or params["cpus_per_task"]
-        ex = self.executor(params | ({"slurm_array_parallelism": 1} if kind == "data" else {}),
-                           f"cggm-{self.ctx.profile.name}-{kind}")
+        ex = self.executor(params, kind)
         with ex.batch():
             submitted = [ex.submit(StepJob(ctx, s)) for s in group]
         out = []
