@@ -102,27 +102,31 @@ half_trained() {
     done
     return 1
 }
-# 1. cancel (scancel) one job while its run is half trained: the run fails, the rerun resubmits and resumes it
+# 1. kill (scancel) one job while its run is half trained: the run fails, the rerun resubmits and resumes it
 VICTIM="" rel="" BEST=none
 for _ in $(seq 3000); do
     if found=$(half_trained); then
         read -r rel VICTIM <<< "$found"
         BEST=$(stat -c %Y "$RESULTS/ci/$rel/best.pt" 2>/dev/null || echo none)  # the best epoch so far, before the cancel
-        scancel "$VICTIM"
-        echo "cancelled job $VICTIM while $rel was half trained (checkpoint.pt, no metrics.json)"
+        # SIGKILL at once: a plain scancel sends SIGTERM, which the job ignores for up to KillWait (see docs/slurm.md)
+        scancel --full --signal=KILL "$VICTIM" || echo "scancel $VICTIM failed with $?"
+        echo "killed job $VICTIM (scancel --full --signal=KILL) while $rel was half trained (checkpoint.pt, no metrics.json)"
         break
     fi
     kill -0 "$FIRST" 2>/dev/null || break
     sleep 0.2
 done
-# 2. preempt another the way Slurm does (SIGTERM, then submitit's USR2): submitit requeues it, same job id,
-#    and the requeued job finishes the run without any rerun (Slurm delays a requeued job by about 2 minutes)
+# 2. signal another with USR2, the signal submitit's jobs get before their time limit or on preemption
+#    (`--signal=USR2@90`): submitit checkpoints and requeues it, same job id, and the requeued job finishes
+#    the run without any rerun (Slurm delays a requeued job by about 2 minutes). Only USR2: a SIGTERM sent
+#    by scancel to a step is handled by Slurm as the step's cancellation, and the USR2 after it may no
+#    longer find the step.
 PREEMPTED="" prel=""
 for _ in $(seq 3000); do
     if found=$(half_trained "$rel"); then
         read -r prel PREEMPTED <<< "$found"
-        scancel --signal=TERM "$PREEMPTED"; sleep 1; scancel --signal=USR2 "$PREEMPTED"
-        echo "preempted job $PREEMPTED while $prel was half trained"
+        scancel --signal=USR2 "$PREEMPTED" || echo "scancel --signal=USR2 $PREEMPTED failed with $?"
+        echo "sent USR2 to job $PREEMPTED while $prel was half trained"
         break
     fi
     kill -0 "$FIRST" 2>/dev/null || break
@@ -142,10 +146,12 @@ if [ -n "$PREEMPTED" ]; then
         || { echo "the preempted job $PREEMPTED ($prel) did not finish its run after the requeue: $DIR/first.log" >&2; exit 1; }
     grep -q "DUE TO JOB REQUEUE" "$RESULTS/ci/slurm/jobs/$PREEMPTED/${PREEMPTED}_0_log.err" \
         || { echo "job $PREEMPTED was not requeued: $RESULTS/ci/slurm/jobs/$PREEMPTED/" >&2; exit 1; }
-    echo "ok: preempted job $PREEMPTED was requeued by submitit and finished $prel under the same job id"
+    echo "ok: job $PREEMPTED, signalled, was requeued by submitit and finished $prel under the same job id"
 else
-    echo "note: no second run was caught half trained, so the preemption was not exercised" >&2
+    echo "note: no second run was caught half trained, so the requeue was not exercised" >&2
 fi
+grep -qE "failed +$VICTIM +10_train:$(echo "$rel" | sed 's/[.]/[.]/g') .*log .*_log[.]err" "$DIR/status_after_cancel.log" \
+    || { echo "--status did not list the killed run $rel as failed with its log" >&2; exit 1; }
 grep -q "submitted .* 10_train:$(echo "$rel" | sed 's/[.]/[.]/g')\$" "$DIR/rerun.log" \
     || { echo "the rerun did not resubmit the cancelled run $rel" >&2; exit 1; }
 # evidence of a resume rather than a restart: best.pt (written at the end of an improving epoch) from before
