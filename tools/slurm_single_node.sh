@@ -108,9 +108,10 @@ for _ in $(seq 3000); do
     if found=$(half_trained); then
         read -r rel VICTIM <<< "$found"
         BEST=$(stat -c %Y "$RESULTS/ci/$rel/best.pt" 2>/dev/null || echo none)  # the best epoch so far, before the cancel
-        # SIGKILL at once: a plain scancel sends SIGTERM, which the job ignores for up to KillWait (see docs/slurm.md)
-        scancel --full --signal=KILL "$VICTIM" || echo "scancel $VICTIM failed with $?"
-        echo "killed job $VICTIM (scancel --full --signal=KILL) while $rel was half trained (checkpoint.pt, no metrics.json)"
+        # SIGKILL to the job's processes at once: a plain scancel sends SIGTERM, which the job ignores for up
+        # to KillWait (docs/slurm.md)
+        scancel --signal=KILL "$VICTIM" || echo "scancel $VICTIM failed with $?"
+        echo "killed job $VICTIM (scancel --signal=KILL) while $rel was half trained (checkpoint.pt, no metrics.json)"
         break
     fi
     kill -0 "$FIRST" 2>/dev/null || break
