@@ -63,6 +63,8 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 MinJobAge=600
 JobRequeue=1
+# a cancelled job gets SIGTERM, which cggm jobs ignore (preemption), then SIGKILL KillWait seconds later
+KillWait=2
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -108,8 +110,8 @@ for _ in $(seq 3000); do
     if found=$(half_trained); then
         read -r rel VICTIM <<< "$found"
         BEST=$(stat -c %Y "$RESULTS/ci/$rel/best.pt" 2>/dev/null || echo none)  # the best epoch so far, before the cancel
-        # SIGKILL to the job's processes at once: a plain scancel sends SIGTERM, which the job ignores for up
-        # to KillWait (docs/slurm.md)
+        # Slurm handles this as a cancel: SIGTERM, which cggm jobs ignore (preemption), then SIGKILL after
+        # KillWait (2 s in this slurm.conf; docs/slurm.md)
         scancel --signal=KILL "$VICTIM" || echo "scancel $VICTIM failed with $?"
         echo "killed job $VICTIM (scancel --signal=KILL) while $rel was half trained (checkpoint.pt, no metrics.json)"
         break
