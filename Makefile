@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install reproduce test lab bench clean
+.PHONY: install reproduce test lab bench clean slurm-test
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider
+
+# Outside `make test`: a real single-node Slurm (root; apt-get installs slurm-wlm and munge when missing) runs
+# the ci profile with --executor slurm, one job cancelled half-way and resumed (docs/slurm.md)
+slurm-test: $(STAMP)
+	tools/slurm_single_node.sh $(BIN)/python
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

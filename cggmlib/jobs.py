@@ -224,9 +224,15 @@ def _line(r: dict) -> str:
     return f"  {r['status']:7} {r['seconds']:7.1f}s  {r['step']}{extra}"
 
 
-def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int = 1, render_only: bool = False,
-              threads: int | None = None, ledger: str = "", notebooks=None, log=print) -> dict:
-    """Plan and execute the profile; write pipeline.json, verification.csv and the index page."""
+def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int | None = 1, render_only: bool = False,
+              threads: int | None = None, ledger: str = "", notebooks=None, log=print, executor: str = "local",
+              slurm_options: list[str] | None = None, slurm_cluster: str = "slurm") -> dict:
+    """Plan and execute the profile; write pipeline.json, verification.csv and the index page.
+
+    executor "local": `jobs` processes on this machine; "slurm": one submitit job per step, at most `jobs`
+    (None: no limit) at a time (cggmlib/slurm.py)."""
+    if executor not in ("local", "slurm"):
+        raise ConfigError(f"--executor {executor!r}: choose local or slurm")
     from .index import write_index
     from .receipts import verify
 
@@ -236,13 +242,22 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int =
         raise ConfigError("the colab profile keeps results on Google Drive: mount it first "
                           "(from google.colab import drive; drive.mount('/content/drive')) or pass --results DIR")
     data_root = Path(data_root or prof.data_root or results / prof.name / "data").resolve()
-    jobs = max(1, int(jobs))
+    slurm_jobs, given_threads = jobs, threads
+    jobs = max(1, int(jobs or 1))
     threads = threads or prof.threads or max(1, (os.cpu_count() or 1) // jobs)
     ctx = Context(prof, results, data_root, notebooks_folder(notebooks), threads, ledger)
+    if executor == "slurm":
+        from .slurm import SlurmRunner
+
+        runner = SlurmRunner(ctx, slurm_options, slurm_cluster, slurm_jobs, given_threads, log=log)
+        run_group = lambda group, kind, parallel: runner.run(group, kind)  # noqa: E731
+    else:
+        run_group = lambda group, kind, parallel: run_steps(ctx, group, jobs if parallel else 1, log)  # noqa: E731
     steps = plan(prof, only, render_only)
     started = time.time()
     log(f"cggm reproduce: profile {prof.name} ({prof.description}); {len(steps)} steps; results {ctx.root}; "
-        f"data {data_root}; jobs {jobs} x {threads} threads{'; render only' if render_only else ''}")
+        f"data {data_root}; " + (f"jobs {jobs} x {threads} threads" if executor == "local" else
+                                 f"executor slurm ({slurm_cluster})") + ("; render only" if render_only else ""))
     report_stale(ctx.root, log)
     records = []
     with _environment(pipeline_environment(ctx.root)):  # marks every process it starts (see `report_stale`)
@@ -250,11 +265,12 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int =
             group = [s for s in steps if s.kind == kind or (kind == "report" and s.kind == "explainer")]
             if group:
                 log(f"{kind} steps ({len(group)}):")
-                records += run_steps(ctx, group, jobs if parallel else 1, log)
+                records += run_group(group, kind, parallel)
     verification = verify(results, prof, data_root if data_root.is_dir() else None)
     atomic_write_json(ctx.root / "verification.json", verification.to_dict("records"))
     ledger_check = check_ledger(ledger, ctx.root)
-    summary = {"profile": prof.name, "render_only": render_only, "only": only or [], "jobs": jobs, "threads": threads,
+    summary = {"profile": prof.name, "render_only": render_only, "only": only or [], "executor": executor,
+               "jobs": jobs if executor == "local" else slurm_jobs, "threads": threads,
                "cpu_count": os.cpu_count(), "gpus": visible_gpus(), "wall_s": round(time.time() - started, 1),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ledger": ledger_check, "steps": records,
                "failed": [r["step"] for r in records if r["status"] == "failed"]}

@@ -22,7 +22,7 @@ def env_pins():
 
 def project_requirements():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
     return {Requirement(r).name.lower(): Requirement(r) for r in reqs}
 
 

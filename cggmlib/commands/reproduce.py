@@ -9,6 +9,8 @@ writes results/<profile>/ (run folders, notebooks/, figures/, tables/, index.htm
     cggm reproduce --profile paper --only table6 fig5       # one table and one figure (and their runs)
     cggm reproduce --profile paper --render-only            # reviewer mode: no training, re-check receipts
     cggm reproduce --profile dryrun                         # the paper grid, 2 steps a run, on CPU (docs/reproduce.md)
+    cggm reproduce --profile paper --executor slurm --slurm-opt partition=gpu   # one Slurm job per run
+    cggm reproduce --profile paper --status                 # queued, running, done, failed (with logs)
 """
 from __future__ import annotations
 
@@ -23,19 +25,41 @@ def add_arguments(p) -> None:
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help="notebooks (30_dynamics, 30, dynamics), paper items (fig5, table6), groups (audit, mfeat), "
                         "'data' or 'train'; the runs they need come along")
-    p.add_argument("--jobs", type=int, default=1, help="parallel notebook processes (one per GPU where there are several)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel notebook processes (one per GPU where there are "
+                   "several; default 1); with --executor slurm, at most this many jobs at a time (default: no limit)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per job (default: 1 for smoke and ci, "
                    "else cores / jobs)")
     p.add_argument("--render-only", action="store_true",
                    help="reviewer mode: rebuild figures and tables from existing runs, verify run cards, re-check the ledger")
     p.add_argument("--ledger", default="", help="your copy of cggmlib/paper_numbers.csv with cells filled in")
     p.add_argument("--notebooks", default=None, help="the notebooks/ folder (default: the clone's)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: processes on this machine (default); slurm: one job per step through submitit "
+                        "(pip install -e '.[slurm]'; docs/slurm.md)")
+    p.add_argument("--slurm-opt", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="sbatch options for every job: partition=gpu account=lab qos=normal time=600 gres=gpu:a100:1 ...")
+    p.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
+                   help="local: the same jobs through submitit's LocalExecutor on this machine (a dry run of the "
+                        "Slurm path, used by the tests)")
+    p.add_argument("--status", action="store_true",
+                   help="list the steps' jobs and runs: queued, running, done, failed (with the log), not submitted")
 
 
 def run(args) -> int:
     from ..jobs import reproduce
 
-    summary = reproduce(args.profile, results=args.results, data_root=args.data_root, only=args.only, jobs=args.jobs,
+    if args.status:
+        from ..slurm import status
+
+        rows = status(args.profile, results=args.results, only=args.only)
+        return 1 if any(r["state"] == "failed" for r in rows) else 0
+    if args.executor == "local" and (args.slurm_opt or args.slurm_cluster != "slurm"):
+        from ..errors import ConfigError
+
+        raise ConfigError("--slurm-opt and --slurm-cluster apply to --executor slurm only")
+    summary = reproduce(args.profile, results=args.results, data_root=args.data_root, only=args.only,
+                        jobs=args.jobs if args.executor == "slurm" else (args.jobs or 1),
                         render_only=args.render_only, threads=args.threads, ledger=args.ledger,
-                        notebooks=args.notebooks)
+                        notebooks=args.notebooks, executor=args.executor, slurm_options=args.slurm_opt,
+                        slurm_cluster=args.slurm_cluster)
     return 1 if summary["failed"] else 0
