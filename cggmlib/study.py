@@ -1,0 +1,235 @@
+"""What CGGM does, measured: each modality's held-out utilisation and what the balance term B_m measures.
+
+Held-out utilisation of modality m (after any training): a linear probe (multinomial logistic
+regression on standardised features) fitted on the frozen encoder's output φ_m(x_m) over the train
+split and scored on the test split. The same probe on the encoder trained alone (`unimodal`) is the
+reference, so `gap_m = probe(method) − probe(unimodal)` says how much of what modality m can learn
+alone the multimodal training left unlearned. A linear probe, not CGGM's own classifier f_m, so the
+measurement is the same for every method (most methods train no f_m).
+
+`noise_decomposition` asks what B_m measures: at fixed weights it evaluates ε_m (the classifier error
+of modality m on one batch), Δε_m and B_m over many batches, which is pure sampling noise, and sets
+that spread beside the change of B_m from step to step along training.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+@torch.no_grad()
+def encoder_features(model, loader, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), targets (N,)) of frozen encoder φ_m over every batch of `loader` (eval mode)."""
+    if modality not in model.encoders:
+        raise ConfigError(f"modality {modality!r} is not one of the model's encoders {list(model.encoders)}")
+    was_training = model.training
+    model.eval()
+    feats, targets = [], []
+    for batch in loader:
+        f = model.encoders[modality](batch.inputs[modality])
+        feats.append(f.reshape(len(f), -1).float().cpu())
+        targets.append(batch.target.cpu())
+    model.train(was_training)
+    return torch.cat(feats).numpy(), torch.cat(targets).numpy()
+
+
+def linear_probe(train_x, train_y, test_x, test_y, c: float = 1.0, max_iter: int = 2000) -> float:
+    """Test accuracy of a multinomial logistic regression (L2, inverse strength `c`) fitted on the
+    standardised train features; the standardisation uses train statistics only."""
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, test_x = np.asarray(train_x, dtype=np.float64), np.asarray(test_x, dtype=np.float64)
+    if len(np.unique(train_y)) < 2:
+        raise ConfigError("linear_probe: the train split has a single class; a probe needs at least two")
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-8
+    clf = LogisticRegression(C=c, max_iter=max_iter)
+    clf.fit((train_x - mean) / std, train_y)
+    return float((clf.predict((test_x - mean) / std) == np.asarray(test_y)).mean())
+
+
+def probe_modalities(model, data, modalities=None) -> dict[str, float]:
+    """{m: held-out utilisation}: the linear probe on frozen φ_m, fitted on data.train, scored on data.test."""
+    out = {}
+    for m in modalities or list(model.encoders):
+        tx, ty = encoder_features(model, data.train, m)
+        ex, ey = encoder_features(model, data.test, m)
+        out[m] = linear_probe(tx, ty, ex, ey)
+    return out
+
+
+def load_trained(run_dir, data_root: str | None = None):
+    """(model with the validation-selected weights, data) of a completed run folder (best.pt)."""
+    from pathlib import Path
+
+    from .config import Config
+    from .data import load_data
+    from .errors import ResultsError
+    from .models import build_model
+    from .runs import load_run
+
+    d = Path(run_dir)
+    cfg = Config.from_dict(load_run(d)["config"] | {"device": "cpu"})
+    if not (d / "best.pt").exists():
+        raise ResultsError(f"{d} has no best.pt (the selected weights); rerun it with an output folder")
+    data = load_data(cfg.dataset, data_root if data_root is not None else cfg.data_root, batch_size=cfg.batch_size,
+                     seed=cfg.seed, **cfg.data_kwargs)
+    model = build_model(cfg.dataset, data, cfg.preset, **cfg.model_kwargs)
+    model.load_state_dict(torch.load(d / "best.pt", map_location="cpu", weights_only=True))
+    return model, data
+
+
+def probe_run(run_dir, modalities=None, data_root: str | None = None) -> dict:
+    """{"acc": fused test metric, "probe": {m: held-out utilisation}} of a completed run folder."""
+    from .runs import load_run
+
+    metrics = load_run(run_dir)["metrics"]
+    model, data = load_trained(run_dir, data_root)
+    return {"acc": metrics.get("acc"), "standin": bool(metrics.get("standin", False)),
+            "probe": probe_modalities(model, data, modalities)}
+
+
+def frame(runs: list[dict]) -> "pd.DataFrame":
+    """Long frame from [{dataset, method, seed, path}]: one row per (run, modality) with the probe
+    beside the unimodal probe of the same modality and seed, and gap = probe − unimodal.
+
+    Methods named `unimodal:<m>` are the references; every other method is probed on every modality.
+    """
+    import pandas as pd
+
+    rows, alone = [], {}
+    for run in runs:
+        unimodal = run["method"].startswith("unimodal:")
+        mods = [run["method"].split(":", 1)[1]] if unimodal else None
+        got = probe_run(run["path"], mods, run.get("data_root"))
+        for m, value in got["probe"].items():
+            if unimodal:
+                alone[(run["dataset"], m, run["seed"])] = value
+            else:
+                rows.append({"dataset": run["dataset"], "method": run["method"], "seed": run["seed"], "acc": got["acc"],
+                             "modality": m, "probe": value, "standin": got["standin"]})
+    out = pd.DataFrame(rows, columns=["dataset", "method", "seed", "acc", "modality", "probe", "standin"])
+    out["unimodal"] = [alone.get((d, m, s), math.nan) for d, m, s in zip(out["dataset"], out["modality"], out["seed"])]
+    out["gap"] = out["probe"] - out["unimodal"]
+    return out
+
+
+def summary(long: "pd.DataFrame", reference: str = "joint") -> "pd.DataFrame":
+    """Per (dataset, method, modality): mean gap to unimodal with its 95% interval (over seeds), and the
+    probe's paired difference to `reference` on the same seeds with its interval; the fused test
+    accuracy likewise (modality "fused")."""
+    import pandas as pd
+
+    from . import stats
+
+    out = []
+    fused = long.drop_duplicates(["dataset", "method", "seed"]).assign(modality="fused", probe=lambda f: f["acc"],
+                                                                         gap=math.nan)
+    for (dataset, method, modality), sub in pd.concat([long, fused]).groupby(["dataset", "method", "modality"], sort=False):
+        gap = stats.aggregate(sub["gap"])
+        row = {"dataset": dataset, "method": method, "modality": modality, "n": int(sub["seed"].nunique()),
+               "value": float(sub["probe"].mean()), "gap": gap["mean"], "gap_low": gap["ci_low"], "gap_high": gap["ci_high"]}
+        ref = long if modality != "fused" else fused
+        ref = ref[(ref["dataset"] == dataset) & (ref["method"] == reference) & (ref["modality"] == modality)]
+        if method != reference and len(ref):
+            diff = stats.paired_difference(dict(zip(sub["seed"], sub["probe"])), dict(zip(ref["seed"], ref["probe"])))
+            row |= {"vs_joint": diff["mean"], "vs_joint_low": diff["ci_low"], "vs_joint_high": diff["ci_high"]}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def gap_figure(table: "pd.DataFrame", notes: dict | None = None):
+    """One row of panels per dataset, one panel per modality: gap to unimodal by method, 95% intervals.
+    `notes`: dataset -> label printed on its row (e.g. "synthetic data", "stand-in")."""
+    import matplotlib.pyplot as plt
+
+    parts = {d: t[t["modality"] != "fused"] for d, t in table.groupby("dataset", sort=False)}
+    cols = max(t["modality"].nunique() for t in parts.values())
+    fig, axes = plt.subplots(len(parts), cols, figsize=(2.3 * cols, 2.6 * len(parts)), squeeze=False, sharey="row")
+    for row, (dataset, part) in zip(axes, parts.items()):
+        for ax, (modality, sub) in zip(row, part.groupby("modality", sort=False)):
+            y = 100 * sub["gap"].to_numpy()
+            err = 100 * np.abs(np.stack([sub["gap"] - sub["gap_low"], sub["gap_high"] - sub["gap"]]).astype(float))
+            ax.errorbar(range(len(sub)), y, yerr=np.nan_to_num(err), fmt="o", capsize=3)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xticks(range(len(sub)), sub["method"], rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{dataset} · {modality}", fontsize=8)
+        for ax in row[part["modality"].nunique():]:
+            ax.set_visible(False)
+        row[0].set_ylabel("probe − unimodal (points)")
+        note = (notes or {}).get(dataset)
+        if note:
+            row[0].annotate(note, (0.02, 0.04), xycoords="axes fraction", fontsize=7, color="firebrick")
+    fig.suptitle("Held-out utilisation: linear probe on the frozen encoder minus the encoder trained alone "
+                 "(mean, 95% CI over seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+#: the study's datasets: name -> (dataset, data options)
+DATASETS = {"mfeat": ("mfeat", {}), "synthetic-imbalanced": ("synthetic", {"setting": "imbalanced"})}
+#: the strategies of the smoke-sized study (the paper profile runs every registered strategy)
+SMOKE_METHODS = ("joint", "cggm")
+
+
+def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | None = None, results="results/study",
+         data_root="data", preset="smoke", log=print) -> list[dict]:
+    """Train (or reuse) every (dataset, method, seed) of the study; [{dataset, method, seed, path}].
+
+    `names`: strategies as in `cggm compare` (None: all; `cggm` brings its variants, `unimodal` one run
+    per modality). Run folders: <results>/<dataset>/<method>/seed<k>, reused when complete.
+    """
+    from pathlib import Path
+
+    from .compare import methods
+    from .config import Config
+    from .data import load_data
+    from .experiment import run_experiment
+
+    out = []
+    for name in datasets:
+        if name not in DATASETS:
+            raise ConfigError(f"study: unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+        dataset, options = DATASETS[name]
+        modalities = load_data(dataset, data_root, **options).modalities
+        labels = methods(modalities, None if names in (None, ["all"], ("all",)) else ["unimodal", *names])
+        for label, (strategy, kw) in labels.items():
+            for seed in range(seeds):
+                cfg = Config(dataset=dataset, strategy=strategy, strategy_kwargs=kw, seed=seed, epochs=epochs,
+                             preset=preset, data_root=data_root, data_kwargs=dict(options))
+                path = Path(results) / name / label.replace(":", "-") / f"seed{seed}"
+                result = run_experiment(cfg, path, skip_done=True, progress=False)
+                log(f"{name} {label} seed{seed}: acc {result.metrics.get('acc')}")
+                out.append({"dataset": name, "method": label, "seed": seed, "path": str(path), "data_root": data_root})
+    return out
+
+
+def main(argv=None) -> int:
+    """`python -m cggmlib.study`: train (or reuse) the study's runs and print the gap table."""
+    import argparse
+    from pathlib import Path
+
+    from . import tables
+
+    p = argparse.ArgumentParser(prog="python -m cggmlib.study", description=main.__doc__)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=sorted(DATASETS))
+    p.add_argument("--strategies", nargs="+", default=list(SMOKE_METHODS), help="as cggm compare; all: every one")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--preset", default="smoke")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--results", default="results/study")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    found = runs(args.datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root, args.preset)
+    table = summary(frame(found))
+    tables.save(table, Path(args.results) / "imbalance_study", "held-out utilisation and fused accuracy")
+    print(table.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
