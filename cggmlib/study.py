@@ -176,11 +176,12 @@ SMOKE_METHODS = ("joint", "cggm")
 
 
 def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | None = None, results="results/study",
-         data_root="data", preset="smoke", log=print) -> list[dict]:
+         data_root="data", preset="smoke", data_options: dict | None = None, log=print) -> list[dict]:
     """Train (or reuse) every (dataset, method, seed) of the study; [{dataset, method, seed, path}].
 
     `names`: strategies as in `cggm compare` (None: all; `cggm` brings its variants, `unimodal` one run
     per modality). Run folders: <results>/<dataset>/<method>/seed<k>, reused when complete.
+    `data_options` are added to every dataset's options (e.g. a smaller `num_samples` for a quick look).
     """
     from pathlib import Path
 
@@ -194,6 +195,7 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
         if name not in DATASETS:
             raise ConfigError(f"study: unknown dataset {name!r}; choose from {sorted(DATASETS)}")
         dataset, options = DATASETS[name]
+        options = options | (data_options or {})
         modalities = load_data(dataset, data_root, **options).modalities
         labels = methods(modalities, None if names in (None, ["all"], ("all",)) else ["unimodal", *names])
         for label, (strategy, kw) in labels.items():
@@ -205,6 +207,102 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
                 log(f"{name} {label} seed{seed}: acc {result.metrics.get('acc')}")
                 out.append({"dataset": name, "method": label, "seed": seed, "path": str(path), "data_root": data_root})
     return out
+
+
+def robust_var(x) -> float:
+    """(1.4826 · median absolute deviation)²: a variance that heavy tails (the unguarded B_m) do not swamp."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return math.nan
+    return float((1.4826 * np.median(np.abs(x - np.median(x)))) ** 2)
+
+
+@torch.no_grad()
+def batch_noise(heads: dict, features: dict, target, batch_size: int = 64, draws: int = 200,
+                seed: int = 0) -> "pd.DataFrame":
+    """At fixed weights: ε_m (accuracy of classifier f_m = heads[m] on frozen features) on `draws` random
+    batches of `batch_size`, Δε_m between consecutive draws, and B_m from those Δε by the released formula
+    (`balance/`) and the guarded one (`guarded/`). Nothing is trained, so every spread is sampling noise."""
+    import pandas as pd
+
+    from .modulation.coefficients import balance_coefficients, guarded_balance_coefficients
+
+    target = torch.as_tensor(np.asarray(target))
+    feats = {m: torch.as_tensor(np.asarray(f), dtype=torch.float32) for m, f in features.items()}
+    if batch_size > len(target):
+        raise ConfigError(f"batch_noise: batch_size {batch_size} exceeds the {len(target)} samples given")
+    g = torch.Generator().manual_seed(seed)
+    mods, rows, last = list(heads), [], None
+    for _ in range(draws):
+        idx = torch.randperm(len(target), generator=g)[:batch_size]
+        eps = torch.tensor([(heads[m](feats[m][idx]).argmax(-1) == target[idx]).double().mean().item() for m in mods],
+                           dtype=torch.float64)
+        if last is not None:
+            delta = eps - last
+            row = {f"eps/{m}": e for m, e in zip(mods, eps.tolist())} | {f"delta/{m}": d for m, d in zip(mods, delta.tolist())}
+            row |= {f"balance/{m}": b for m, b in zip(mods, balance_coefficients(delta).tolist())}
+            row |= {f"guarded/{m}": b for m, b in zip(mods, guarded_balance_coefficients(delta).tolist())}
+            rows.append(row)
+        last = eps
+    return pd.DataFrame(rows)
+
+
+def with_guarded(trace: "pd.DataFrame", modalities) -> "pd.DataFrame":
+    """The training trace's steps with `guarded/<m>` recomputed from its logged Δε (whatever the run used)."""
+    from .modulation.coefficients import guarded_balance_coefficients
+
+    steps = trace.dropna(subset=[f"delta/{m}" for m in modalities]).copy()
+    delta = torch.tensor(steps[[f"delta/{m}" for m in modalities]].to_numpy(dtype=float))
+    guarded = torch.stack([guarded_balance_coefficients(d) for d in delta]) if len(delta) else delta
+    for i, m in enumerate(modalities):
+        steps[f"guarded/{m}"] = guarded[:, i].numpy()
+    return steps
+
+
+def noise_fraction(noise: "pd.DataFrame", trace: "pd.DataFrame", modalities,
+                   quantities=("eps", "delta", "balance", "guarded")) -> "pd.DataFrame":
+    """Per (quantity, modality): the robust variance of the step-to-step change at fixed weights (`noise`,
+    from `batch_noise`) and along training (`trace`: the run's logged steps), and their ratio clipped to
+    [0, 1], the fraction of the step-to-step variance that batch sampling alone produces."""
+    import pandas as pd
+
+    steps = with_guarded(trace, modalities)
+    rows = []
+    for q in quantities:
+        for m in modalities:
+            col = f"{q}/{m}"
+            fixed, along = robust_var(np.diff(noise[col])), robust_var(np.diff(steps[col].to_numpy(dtype=float)))
+            frac = min(1.0, fixed / along) if along > 0 and math.isfinite(fixed) else math.nan
+            rows.append({"quantity": q, "modality": m, "sd_fixed_weights": math.sqrt(robust_var(noise[col])),
+                         "var_step_fixed": fixed, "var_step_training": along, "noise_fraction": frac})
+    return pd.DataFrame(rows)
+
+
+def noise_of_run(run_dir, batch_size: int | None = None, draws: int = 200, seed: int = 0) -> "pd.DataFrame":
+    """`noise_fraction` of a completed CGGM run: its selected encoders and classifiers f_m, fixed, against
+    its own trace (train split; `batch_size` None: the run's)."""
+    from pathlib import Path
+
+    from .config import Config
+    from .errors import ResultsError
+    from .modulation import make_strategy
+    from .runs import load_run
+
+    run = load_run(run_dir)
+    cfg = Config.from_dict(run["config"] | {"device": "cpu"})
+    model, data = load_trained(run_dir)
+    strategy = make_strategy(cfg.strategy, **cfg.strategy_kwargs)
+    if not getattr(strategy, "uses_classifiers", False):
+        raise ResultsError(f"{run_dir}: strategy {cfg.strategy!r} trains no classifiers f_m; pick a CGGM run")
+    strategy.setup(model, data)
+    strategy.load_state_dict(torch.load(Path(run_dir) / "best_strategy.pt", map_location="cpu", weights_only=False))
+    feats, target = {}, None
+    for m in model.encoders:
+        feats[m], target = encoder_features(model, data.train, m)
+    heads = {m: strategy.classifiers.heads[m].eval() for m in model.encoders}
+    noise = batch_noise(heads, feats, target, batch_size or cfg.batch_size, draws, seed)
+    return noise_fraction(noise, run["trace"], list(model.encoders))
 
 
 def main(argv=None) -> int:
