@@ -169,8 +169,7 @@ def gap_figure(table: "pd.DataFrame", notes: dict | None = None):
     return fig
 
 
-#: the study's datasets: name -> (dataset, data options)
-DATASETS = {"mfeat": ("mfeat", {}), "synthetic-imbalanced": ("synthetic", {"setting": "imbalanced"})}
+from .pipeline import STUDY_DATASETS as DATASETS  # noqa: E402  name -> (dataset, data options)
 #: the strategies of the smoke-sized study (the paper profile runs every registered strategy)
 SMOKE_METHODS = ("joint", "cggm")
 
@@ -206,6 +205,32 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
                 result = run_experiment(cfg, path, skip_done=True, progress=False)
                 log(f"{name} {label} seed{seed}: acc {result.metrics.get('acc')}")
                 out.append({"dataset": name, "method": label, "seed": seed, "path": str(path), "data_root": data_root})
+    return out
+
+
+def method_name(strategy: str, options: dict) -> str:
+    """The study's name of a run: `unimodal:<m>`, `cggm+guard`, or the strategy's registry name."""
+    if strategy == "unimodal":
+        return f"unimodal:{options['modality']}"
+    if strategy == "cggm":
+        return "cggm" + "".join(f"+{k}" if v is True else f"+{k}={v}" for k, v in sorted(options.items()))
+    return strategy
+
+
+def pipeline_runs(results, profile) -> list[dict]:
+    """The completed runs of the pipeline's `study` group: [{dataset, method, seed, path}] for `frame`."""
+    from .pipeline import get_profile, grid
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    names = {(d, tuple(sorted(o.items()))): name for name, (d, o) in DATASETS.items()}
+    out = []
+    for spec in grid(profile):
+        if "study" not in spec.groups or not (spec.path(results, profile) / "metrics.json").exists():
+            continue
+        options = dict(dict(spec.settings).get("data_kwargs", ()))
+        out.append({"dataset": names[(spec.dataset, tuple(sorted(options.items())))], "seed": spec.seed,
+                    "method": method_name(spec.strategy, {k: v for k, v in spec.strategy_kwargs.items() if k != "observe"}),
+                    "path": str(spec.path(results, profile))})
     return out
 
 
@@ -274,7 +299,8 @@ def noise_fraction(noise: "pd.DataFrame", trace: "pd.DataFrame", modalities,
             col = f"{q}/{m}"
             fixed, along = robust_var(np.diff(noise[col])), robust_var(np.diff(steps[col].to_numpy(dtype=float)))
             frac = min(1.0, fixed / along) if along > 0 and math.isfinite(fixed) else math.nan
-            rows.append({"quantity": q, "modality": m, "sd_fixed_weights": math.sqrt(robust_var(noise[col])),
+            rows.append({"quantity": q, "modality": m, "sd_fixed_weights": float(np.std(noise[col], ddof=1)),
+                         "robust_sd_fixed_weights": math.sqrt(robust_var(noise[col])),
                          "var_step_fixed": fixed, "var_step_training": along, "noise_fraction": frac})
     return pd.DataFrame(rows)
 
@@ -303,6 +329,52 @@ def noise_of_run(run_dir, batch_size: int | None = None, draws: int = 200, seed:
     heads = {m: strategy.classifiers.heads[m].eval() for m in model.encoders}
     noise = batch_noise(heads, feats, target, batch_size or cfg.batch_size, draws, seed)
     return noise_fraction(noise, run["trace"], list(model.encoders))
+
+
+def _pts(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.1f}"
+
+
+def describe_gaps(table: "pd.DataFrame", reference: str = "joint") -> str:
+    """Markdown sentences, generated from `summary`'s numbers: the gap `reference` training leaves per
+    modality, then per method what moved beyond its 95% interval against `reference` (same seeds)."""
+    lines = []
+    for dataset, part in table.groupby("dataset", sort=False):
+        per = part[part["modality"] != "fused"]
+        ref = per[per["method"] == reference]
+        n = int(part["n"].max())
+        gaps = ", ".join(f"{m} {_pts(g)} [{_pts(lo)}, {_pts(hi)}]"
+                         for m, g, lo, hi in zip(ref["modality"], ref["gap"], ref["gap_low"], ref["gap_high"]))
+        below = int((ref["gap_high"] < 0).sum())
+        lines.append(f"**{dataset}** ({n} seeds). Under {reference} training the linear probe on each frozen encoder "
+                     f"sits, relative to the same encoder trained alone (points, 95% CI): {gaps}; {below} of "
+                     f"{len(ref)} modalities are below their unimodal level beyond the interval.")
+        for method, sub in part[part["method"] != reference].groupby("method", sort=False):
+            mods = sub[sub["modality"] != "fused"]
+            up = list(mods.loc[mods["vs_joint_low"] > 0, "modality"])
+            down = list(mods.loc[mods["vs_joint_high"] < 0, "modality"])
+            fused = sub[sub["modality"] == "fused"].iloc[0]
+            verdict = ("no modality's probe moved beyond its interval" if not up and not down else
+                       "; ".join(x for x in (f"probe higher on {', '.join(up)}" if up else "",
+                                             f"lower on {', '.join(down)}" if down else "") if x))
+            lines.append(f"- {method} vs {reference}: {verdict}; fused test accuracy {_pts(fused['vs_joint'])} points "
+                         f"[{_pts(fused['vs_joint_low'])}, {_pts(fused['vs_joint_high'])}].")
+    return "\n\n".join(lines)
+
+
+def describe_noise(noise: "pd.DataFrame", label: str = "") -> str:
+    """Markdown sentences from `noise_fraction`'s numbers (one run, one batch size)."""
+    def median(q, col):
+        return float(noise.loc[noise["quantity"] == q, col].median())
+
+    return (f"{label}At fixed weights, one batch's accuracy ε_m has a median standard deviation of "
+            f"{median('eps', 'sd_fixed_weights'):.3f} across batches and Δε_m one of {median('delta', 'sd_fixed_weights'):.3f}; "
+            f"the released B_m spreads by {median('balance', 'robust_sd_fixed_weights'):.2f} (robust sd: its tails are "
+            f"unbounded) and the guarded B_m by "
+            f"{median('guarded', 'sd_fixed_weights'):.2f} with nothing trained. Batch sampling alone accounts for a median "
+            f"{100 * median('balance', 'noise_fraction'):.0f}% of the released B_m's step-to-step variance along training "
+            f"({100 * median('guarded', 'noise_fraction'):.0f}% for the guarded B_m, "
+            f"{100 * median('delta', 'noise_fraction'):.0f}% for Δε_m).")
 
 
 def main(argv=None) -> int:
