@@ -292,7 +292,7 @@ REPORTS = (
 
 
 #: each trains its own small example (about a minute): run with the reports, never in render-only mode
-EXPLAINERS = (Step("00_quickstart", "00_quickstart.ipynb", "explainer", ("quickstart",), done="cggm/metrics.json"),
+EXPLAINERS = (Step("00_quickstart", "00_quickstart.ipynb", "explainer", ("quickstart",), done="summary.csv"),
               Step("80_your_model", "80_your_model.ipynb", "explainer", ("your_model",), done="summary.json"))
 
 

@@ -175,12 +175,13 @@ SMOKE_METHODS = ("joint", "cggm")
 
 
 def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | None = None, results="results/study",
-         data_root="data", preset="smoke", data_options: dict | None = None, log=print) -> list[dict]:
+         data_root="data", preset="smoke", data_options: dict | None = None, only=None, log=print) -> list[dict]:
     """Train (or reuse) every (dataset, method, seed) of the study; [{dataset, method, seed, path}].
 
     `names`: strategies as in `cggm compare` (None: all; `cggm` brings its variants, `unimodal` one run
     per modality). Run folders: <results>/<dataset>/<method>/seed<k>, reused when complete.
     `data_options` are added to every dataset's options (e.g. a smaller `num_samples` for a quick look).
+    `only`: keep just these method names (e.g. ("joint", "cggm", "cggm+guard", "unimodal:m1")).
     """
     from pathlib import Path
 
@@ -189,6 +190,8 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
     from .data import load_data
     from .experiment import run_experiment
 
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"study: seeds must be an integer >= 1 (the number of seeds, 0..seeds-1), got {seeds!r}")
     out = []
     for name in datasets:
         if name not in DATASETS:
@@ -197,7 +200,12 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
         options = options | (data_options or {})
         modalities = load_data(dataset, data_root, **options).modalities
         labels = methods(modalities, None if names in (None, ["all"], ("all",)) else ["unimodal", *names])
+        unknown = sorted(set(only or ()) - set(labels))
+        if unknown:
+            raise ConfigError(f"study: no method {unknown} on {name}; its methods are {sorted(labels)}")
         for label, (strategy, kw) in labels.items():
+            if only and label not in only:
+                continue
             for seed in range(seeds):
                 cfg = Config(dataset=dataset, strategy=strategy, strategy_kwargs=kw, seed=seed, epochs=epochs,
                              preset=preset, data_root=data_root, data_kwargs=dict(options))
