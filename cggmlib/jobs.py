@@ -126,7 +126,7 @@ class Context:
                              "data_root": str(self.data_root), "out_dir": str(s.path(self.results, self.profile)),
                              "checkpoint_every": self.profile.checkpoint_every, "artifacts": sorted(s.artifacts),
                              "gradient_batches": self.profile.gradient_batches,
-                             "cache_dir": str(self.root / "datasets")}
+                             "cache_dir": str(self.root / "datasets"), "settings": s.config_fields}
         if step.kind == "explainer":
             return common | {"out_dir": str(self.root / step.groups[0]), "figures_dir": str(self.root / "figures")}
         return common | {"profile": self.profile.name, "results": str(self.results), "ledger_path": self.ledger}

@@ -161,8 +161,13 @@ class RunSpec:
     def strategy_kwargs(self) -> dict:
         return dict(self.kwargs)
 
+    @property
+    def config_fields(self) -> dict:
+        """the other Config fields (`settings`) as a dict, nested pairs back to dicts"""
+        return {k: dict(v) if isinstance(v, tuple) else v for k, v in self.settings}
+
     def config(self, profile: Profile, data_root: str | None = None) -> Config:
-        other = {k: dict(v) if isinstance(v, tuple) else v for k, v in self.settings}
+        other = self.config_fields
         return Config(dataset=self.dataset, strategy=self.strategy, strategy_kwargs=self.strategy_kwargs,
                       preset=profile.preset, data_root=str(data_root or profile.data_root), epochs=self.epochs,
                       seed=self.seed, checkpoint_every=profile.checkpoint_every, **other)

@@ -385,12 +385,25 @@ def describe_noise(noise: "pd.DataFrame", label: str = "") -> str:
             f"{100 * median('delta', 'noise_fraction'):.0f}% for Δε_m).")
 
 
-def main(argv=None) -> int:
-    """`python -m cggmlib.study`: train (or reuse) the study's runs and print the gap table."""
-    import argparse
+def write(found: list[dict], out) -> "pd.DataFrame":
+    """Probe the runs `found` and write <out>/imbalance_study.{csv,md,tex} and .{png,pdf}; the summary."""
     from pathlib import Path
 
-    from . import tables
+    from . import figures, tables
+
+    long = frame(found)
+    table = summary(long)
+    notes = {d: "STAND-IN data" if s else "synthetic data" if d.startswith("synthetic") else "real data"
+             for d, s in long.groupby("dataset")["standin"].any().items()}
+    tables.save(table, Path(out) / "imbalance_study", "Held-out utilisation (linear probe on frozen encoders) and "
+                "fused accuracy", notes=[f"{d}: {n}" for d, n in notes.items()])
+    figures.save(gap_figure(table, notes), Path(out) / "imbalance_study")
+    return table
+
+
+def main(argv=None) -> int:
+    """`python -m cggmlib.study`: train (or reuse) the study's runs, write its table and figure, print the text."""
+    import argparse
 
     p = argparse.ArgumentParser(prog="python -m cggmlib.study", description=main.__doc__)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=sorted(DATASETS))
@@ -403,9 +416,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     found = runs(args.datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root, args.preset)
-    table = summary(frame(found))
-    tables.save(table, Path(args.results) / "imbalance_study", "held-out utilisation and fused accuracy")
+    table = write(found, args.results)
     print(table.to_string())
+    print(describe_gaps(table))
     return 0
 
 

@@ -106,3 +106,22 @@ def test_study_notebook_reads_the_pipeline_runs_and_writes_its_table_figure_and_
     assert noise["noise_fraction"].dropna().between(0, 1).all() and set(noise["batch_size"]) == {32}
     text = json.dumps([c.get("outputs") for c in nbformat.read(tmp_path / "executed.ipynb", 4).cells])
     assert "Under joint training the linear probe" in text and "Batch sampling alone accounts for" in text
+
+
+@pytest.mark.notebook
+def test_the_worker_notebook_trains_a_study_spec_with_its_data_setting(tmp_path):
+    import json
+
+    import papermill as pm
+
+    from cggmlib import pipeline
+    from conftest import ROOT
+
+    spec = next(s for s in pipeline.grid(pipeline.get_profile("ci")) if s.label == "study.synthetic-imbalanced.joint")
+    assert spec.config_fields == {"data_kwargs": {"setting": "imbalanced"}}
+    settings = {"data_kwargs": spec.config_fields["data_kwargs"] | {"num_samples": 200}}
+    pm.execute_notebook(ROOT / "notebooks/10_train.ipynb", tmp_path / "executed.ipynb",
+                        parameters={"dataset": "synthetic", "strategy": "joint", "epochs": 1, "out_dir": str(tmp_path / "run"),
+                                    "settings": settings, "threads": 1}, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data_kwargs"] == {"setting": "imbalanced", "num_samples": 200}
