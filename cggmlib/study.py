@@ -181,7 +181,7 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
     `names`: strategies as in `cggm compare` (None: all; `cggm` brings its variants, `unimodal` one run
     per modality). Run folders: <results>/<dataset>/<method>/seed<k>, reused when complete.
     `data_options` are added to every dataset's options (e.g. a smaller `num_samples` for a quick look).
-    `only`: keep just these method names (e.g. ("joint", "cggm", "cggm+guard", "unimodal:m1")).
+    `log`: called with one line per run (None: silent). `only`: keep just these method names (e.g. ("joint", "cggm", "cggm+guard", "unimodal:m1")).
     """
     from pathlib import Path
 
@@ -211,7 +211,8 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
                              preset=preset, data_root=data_root, data_kwargs=dict(options))
                 path = Path(results) / name / label.replace(":", "-") / f"seed{seed}"
                 result = run_experiment(cfg, path, skip_done=True, progress=False)
-                log(f"{name} {label} seed{seed}: acc {result.metrics.get('acc')}")
+                if log is not None:
+                    log(f"{name} {label} seed{seed}: acc {result.metrics.get('acc')}")
                 out.append({"dataset": name, "method": label, "seed": seed, "path": str(path), "data_root": data_root})
     return out
 

@@ -48,7 +48,7 @@ def test_cli(tmp_path):
 def test_cli_imbalance_study_writes_the_utilisation_table_and_figure(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cggmlib", "compare", "--study", "imbalance", "--datasets",
                            "synthetic-imbalanced", "--strategies", "joint", "--seeds", "1", "--epochs", "1",
-                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "imbalance_study.md").read_text()
     assert "| synthetic-imbalanced | joint | m1 |" in table and "synthetic data" in table
