@@ -53,6 +53,8 @@ FIXES = {
     "cggm.fix_dice": ({}, {"task_kwargs": {"smooth_numerator": True}}, ("brats2021",)),
 }
 DRIVE = "/content/drive/MyDrive/cggm-companion"
+#: the imbalance study's datasets (cggmlib/study.py): name -> (dataset, data options)
+STUDY_DATASETS = {"mfeat": ("mfeat", {}), "synthetic-imbalanced": ("synthetic", {"setting": "imbalanced"})}
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ class Profile:
     threads: int | None = None
     """CPU threads per job (None: cores / jobs); tiny CPU models run fastest on one thread per job"""
     description: str = ""
+    study_methods: tuple = COMPARED
+    """strategies of the imbalance study (41_imbalance_study; `cggm` brings its guarded variant too)"""
+    study_seeds: tuple = (0, 1, 2, 3, 4)
+    study_epochs: dict = field(default_factory=dict)
+    """dataset -> epochs of the study's runs; absent: the preset's (the imbalance needs full-length runs)"""
     explainers: bool = True
     """also run the explainer notebooks (00_quickstart, 80_your_model), which train their own small examples"""
     max_steps: int = 0
@@ -112,6 +119,7 @@ PROFILES = {
                      mfeat_methods=_MFEAT_ALL, rho_grid=(0.8, 1.3), lam_grid=(0.05, 0.2),
                      epochs={"synthetic": 4, "mfeat": 4, "mosi": 2, "iemocap": 2, "food101": 2, "brats2021": 1},
                      allow_standin=True, data_root="", gradient_batches=8, threads=1,
+                     study_methods=("joint", "cggm"), study_seeds=(0, 1), study_epochs={"synthetic": 20, "mfeat": 20},
                      description="stand-ins in the real formats, mfeat and synthetic; CPU; minutes"),
     "paper": Profile("paper", "paper", seeds=(0, 1, 2), mfeat_methods=_MFEAT_ALL,
                      rho_grid=(0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4), lam_grid=(0.01, 0.05, 0.1, 0.15, 0.2, 0.25),
@@ -127,6 +135,7 @@ PROFILES["ci"] = dataclasses.replace(PROFILES["smoke"], name="ci", unimodal=("ie
                                      epochs={"synthetic": 2, "mfeat": 2, "mosi": 1, "iemocap": 1, "food101": 1,
                                              "brats2021": 1},
                                      explainers=False,  # the quickstart has its own test
+                                     study_seeds=(0,), study_epochs={"synthetic": 2, "mfeat": 2},
                                      audit_fixes=False,  # the corrections have their own tests
                                      description="the smoke profile's smallest grid (the test suite's end-to-end run)")
 PROFILES["colab"] = dataclasses.replace(PROFILES["paper"], name="colab", data_root=f"{DRIVE}/data",
@@ -196,14 +205,14 @@ def grid(profile: Profile) -> list[RunSpec]:
     specs: list[RunSpec] = []
     first = profile.seeds[:1]
 
-    def add(dataset, strategy, label, groups, seeds=profile.seeds, artifacts=(), settings=None, **kwargs):
+    def add(dataset, strategy, label, groups, seeds=profile.seeds, artifacts=(), settings=None, epochs=None, **kwargs):
         if strategy == "joint":
             kwargs = {"observe": True} | kwargs  # the classifiers f_m are trained passively and logged
         if strategy in ("umt", "ume") and profile.epochs_for(dataset):
             kwargs = {"teacher_epochs": profile.epochs_for(dataset)} | kwargs  # teachers as long as the students
         for seed in seeds:
             specs.append(RunSpec(dataset, strategy, label, seed, tuple(sorted(kwargs.items())),
-                                 profile.epochs_for(dataset), frozenset(groups), frozenset(artifacts),
+                                 epochs or profile.epochs_for(dataset), frozenset(groups), frozenset(artifacts),
                                  tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
                                               for k, v in (settings or {}).items()))))
 
@@ -240,6 +249,16 @@ def grid(profile: Profile) -> list[RunSpec]:
             add(d, "cggm", label, {"audit"}, seeds=first, settings=settings, **kw)
     for m in profile.mfeat_views:
         add("mfeat", "unimodal", f"unimodal.{m}", {"mfeat"}, seeds=first, modality=m)
+    for name, (d, options) in STUDY_DATASETS.items():  # 41_imbalance_study: every method beside unimodal
+        study = dict(seeds=profile.study_seeds, settings={"data_kwargs": options} if options else None)
+        epochs = {"epochs": profile.study_epochs.get(d)} if d in profile.study_epochs else {}
+        for m in MODALITIES[d]:
+            add(d, "unimodal", f"study.{name}.unimodal.{m}", {"study"}, modality=m, **study, **epochs)
+        for s in profile.study_methods:
+            if not_applicable(s, d) is None:
+                add(d, s, f"study.{name}.{s}", {"study"}, **study, **epochs)
+            if s == "cggm":
+                add(d, s, f"study.{name}.cggm.guard", {"study"}, guard=True, **study, **epochs)
     for s in profile.mfeat_methods:
         add("mfeat", s, s, {"mfeat"}, seeds=first)
     return _merge(specs, profile)
@@ -296,12 +315,13 @@ REPORTS = (
     Step("50_hyperparameters_memory", "50_hyperparameters_memory.ipynb", "report", ("main", "table8"),
          ("table7", "table8")),
     Step("60_audit", "60_audit.ipynb", "report", ("audit",)),
+    Step("41_imbalance_study", "41_imbalance_study.ipynb", "report", ("study",)),
     Step("70_mfeat_imbalance", "70_mfeat_imbalance.ipynb", "report", ("mfeat",)),
 )
 
 
 #: each trains its own small example (about a minute): run with the reports, never in render-only mode
-EXPLAINERS = (Step("00_quickstart", "00_quickstart.ipynb", "explainer", ("quickstart",), done="cggm/metrics.json"),
+EXPLAINERS = (Step("00_quickstart", "00_quickstart.ipynb", "explainer", ("quickstart",), done="summary.csv"),
               Step("80_your_model", "80_your_model.ipynb", "explainer", ("your_model",), done="summary.json"))
 
 

@@ -164,7 +164,7 @@ CASES = {
                                                (cg.ConfigError, cg.DataError), "fold"),
     "results: folder cannot be created": (unwritable_results, cg.ResultsError, "choose a writable --out folder"),
     "results: folder holds another run": (other_run_in_folder, cg.ResultsError, "choose another --out folder"),
-    "notebook: invalid variant parameter": (notebook(variant="bogus", epochs=1), cg.ConfigError, "variant"),
+    "notebook: zero seeds parameter": (notebook(seeds=0, epochs=1), cg.ConfigError, "seeds must be an integer >= 1"),
     "notebook: zero epochs parameter": (notebook(epochs=0), cg.ConfigError, "epochs must be an integer >= 1"),
 }
 

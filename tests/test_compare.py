@@ -43,3 +43,17 @@ def test_cli(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "compare.csv").exists() and "| joint |" in (tmp_path / "compare.md").read_text()
+
+
+def test_cli_imbalance_study_writes_the_utilisation_table_and_figure(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cggmlib", "compare", "--study", "imbalance", "--datasets",
+                           "synthetic-imbalanced", "--strategies", "joint", "--seeds", "1", "--epochs", "1",
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "imbalance_study.md").read_text()
+    assert "| synthetic-imbalanced | joint | m1 |" in table and "synthetic data" in table
+    assert (tmp_path / "imbalance_study.png").stat().st_size > 10_000
+    assert "Under joint training the linear probe" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "cggmlib", "compare", "--study", "imbalance", "--datasets", "synthetic",
+                          "--results", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "choose from ['mfeat', 'synthetic-imbalanced']" in bad.stderr + bad.stdout

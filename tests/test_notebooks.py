@@ -4,6 +4,7 @@ import ast
 import json
 
 import nbformat
+import pandas as pd
 import papermill as pm
 import pytest
 
@@ -33,15 +34,20 @@ def test_notebook_is_committed_clean(path):
 
 
 @pytest.mark.notebook
-def test_quickstart_runs_and_writes_runs_and_figures(tmp_path):
+def test_quickstart_runs_and_writes_runs_summary_and_figures(tmp_path):
     out = tmp_path / "quickstart"
     pm.execute_notebook(ROOT / "notebooks/00_quickstart.ipynb", tmp_path / "executed.ipynb",
-                        parameters={"epochs": 2, "out_dir": str(out), "threads": 1},
+                        parameters={"epochs": 2, "seeds": 1, "out_dir": str(out), "threads": 1},
                         kernel_name="python3", progress_bar=False, cwd=str(ROOT))
-    for run in ("joint", "cggm"):
-        metrics = json.loads((out / run / "metrics.json").read_text())
+    for run in ("joint", "cggm", "cggm+guard", "unimodal-m1"):
+        metrics = json.loads((out / "synthetic-imbalanced" / run / "seed0" / "metrics.json").read_text())
         assert 0.0 <= metrics["acc"] <= 1.0 and metrics["dataset"] == "synthetic"
-        assert (out / run / "trace.jsonl").stat().st_size > 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["method"]) == {"joint", "cggm", "cggm+guard"}
+    probes = summary[summary["modality"] != "fused"]
+    assert probes["value"].between(0, 1).all() and probes["gap"].notna().all()  # every probe has its unimodal reference
+    text = json.dumps([c.get("outputs") for c in nbformat.read(tmp_path / "executed.ipynb", 4).cells])
+    assert "Under joint training the linear probe" in text
     for ext in ("png", "pdf"):
         assert (out / "figures" / f"quickstart_dynamics.{ext}").stat().st_size > 10_000
 
@@ -75,7 +81,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import pandas as pd  # noqa: E402
 
 from cggmlib import jobs  # noqa: E402
 from cggmlib import pipeline  # noqa: E402

@@ -12,11 +12,25 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", default="smoke")
     p.add_argument("--data-root", default="data")
     p.add_argument("--results", default="results/compare", help="run folders and the tables land here")
+    p.add_argument("--study", choices=["imbalance"], default=None,
+                   help="imbalance: instead of the fused-metric table, each modality's held-out utilisation "
+                        "(linear probe on the frozen encoder) against the encoder trained alone, on mfeat and "
+                        "synthetic setting=imbalanced (cggmlib/study.py; --datasets must be among those)")
 
 
 def run(args) -> int:
     from ..compare import compare, to_markdown
     from ..runs import atomic_write_text
+
+    if args.study == "imbalance":
+        from .. import study
+
+        datasets = list(study.DATASETS) if args.datasets == ["synthetic", "mfeat"] else args.datasets
+        found = study.runs(datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root, args.preset)
+        table = study.write(found, args.results)
+        print(study.describe_gaps(table))
+        print(f"written: {Path(args.results) / 'imbalance_study'}.{{csv,md,tex,png,pdf}}")
+        return 0
 
     frame = compare(args.datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root,
                     args.preset)

@@ -12,6 +12,8 @@ quickstart notebook and tests/test_synthetic.py), which is the imbalance CGGM ta
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..errors import ConfigError
@@ -20,12 +22,36 @@ from .base import Data, TensorLoader
 
 DEFAULT_STRENGTHS = (4.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6)
 
+#: named settings (`load(setting=NAME)`, CLI `--data-opt setting=NAME`): option values they fix.
+#: `imbalanced`: the weak modalities' signal lives in a 10-dimensional subspace of 512 noisy features, so
+#: an encoder must *learn* where it is (a random 512 → 32 encoder keeps little of it), and the strong
+#: modality alone separates the classes on every sample (missing 0), so under joint training the fused
+#: loss falls before the weak encoders have found their subspace and their gradients fade
+#: (data_cards/synthetic.md gives the measured gap and the command).
+SETTINGS = {"default": {},
+            "imbalanced": {"dim": 512, "strengths": (8.0, 3.5, 3.5), "missing": 0.0}}
+
 
 def default_strengths(num_modalities: int, strengths=None) -> tuple[float, ...]:
     if strengths is None:
         strengths = DEFAULT_STRENGTHS[:num_modalities] if num_modalities <= len(DEFAULT_STRENGTHS) else \
             DEFAULT_STRENGTHS + (0.5,) * (num_modalities - len(DEFAULT_STRENGTHS))
     return tuple(float(s) for s in strengths)
+
+
+def apply_setting(setting: str, given: dict) -> dict:
+    """The options named setting `setting` fixes; a ConfigError when `given` sets one of them otherwise."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"synthetic: unknown setting {setting!r}; choose from {sorted(SETTINGS)} "
+                          "(data_cards/synthetic.md describes them)")
+    fixed = SETTINGS[setting]
+    defaults = {k: v.default for k, v in inspect.signature(load).parameters.items()}
+    clash = sorted(k for k, v in fixed.items() if given.get(k, defaults[k]) not in (defaults[k], v)
+                   and not (k == "strengths" and given[k] is not None and tuple(given[k]) == v))
+    if clash:
+        raise ConfigError(f"synthetic: setting {setting!r} fixes {clash} to {[fixed[k] for k in clash]}; "
+                          "leave them out or drop the setting")
+    return dict(fixed)
 
 
 def make_arrays(num_modalities: int = 3, strengths: tuple | None = None, task: str = "classification",
@@ -65,13 +91,19 @@ def make_arrays(num_modalities: int = 3, strengths: tuple | None = None, task: s
 def load(root=None, *, batch_size: int = 64, seed: int = 0, num_modalities: int = 3,
          strengths: tuple | None = None, task: str = "classification", num_classes: int = 10,
          dim: int = 32, num_samples: int = 3000, noise: float = 1.0, data_seed: int = 0,
-         missing: float = 0.3, shuffle: bool = True) -> Data:
+         missing: float = 0.3, shuffle: bool = True, setting: str = "default") -> Data:
     """Build `synthetic` in memory (60/20/20 split); `root` is accepted and unused (nothing on disk).
 
     Unknown options raise a TypeError naming them (e.g. a misspelt `num_modalites`).
 
     `data_seed` fixes the data; `seed` only the shuffling order, so seeds vary training, not the data.
+    `setting` names a row of `SETTINGS` whose options replace the defaults; giving one of those options
+    another value as well is an error.
     """
+    given = {"num_modalities": num_modalities, "strengths": strengths, "dim": dim, "num_samples": num_samples,
+             "noise": noise, "missing": missing, "num_classes": num_classes}
+    given |= apply_setting(setting, given)
+    num_modalities, strengths, dim, num_samples, noise, missing, num_classes = given.values()
     inputs, y = make_arrays(num_modalities, strengths, task, num_classes, dim, num_samples, noise, data_seed, missing)
     n_train, n_val = int(0.6 * num_samples), int(0.2 * num_samples)
     cuts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val),
@@ -84,5 +116,5 @@ def load(root=None, *, batch_size: int = 64, seed: int = 0, num_modalities: int 
     return Data("synthetic", loaders["train"], loaders["val"], loaders["test"], the_task,
                 {m: dim for m in inputs}, standin=False,
                 info={"sizes": {k: s.stop - s.start for k, s in cuts.items()},
-                      "strengths": dict(zip(inputs, map(float, strengths_used))),
+                      "strengths": dict(zip(inputs, map(float, strengths_used))), "setting": setting,
                       "source": "generated in memory by cggmlib.data.synthetic"})
