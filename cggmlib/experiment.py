@@ -39,7 +39,7 @@ def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool =
             done = load_run(out)
             return TrainResult(Trace(done["trace"].to_dict("records")), done["metrics"],
                                done["metrics"].get("best_epoch", -1), 0.0)
-        own_folder(out, cfg, resume=resume, overwrite=overwrite and not skip_done)
+        own_folder(out, cfg, resume=resume, overwrite=overwrite)
         return _train(cfg, out, resume, progress)
 
 

@@ -175,8 +175,12 @@ SMOKE_METHODS = ("joint", "cggm")
 
 
 def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | None = None, results="results/study",
-         data_root="data", preset="smoke", data_options: dict | None = None, only=None, log=print) -> list[dict]:
+         data_root="data", preset="smoke", data_options: dict | None = None, only=None, log=print,
+         overwrite: bool = False) -> list[dict]:
     """Train (or reuse) every (dataset, method, seed) of the study; [{dataset, method, seed, path}].
+
+    `overwrite`: a folder holding another configuration's run (e.g. other epochs) is moved aside to
+    `.superseded/` and retrained; without it that is an error naming the fields that differ.
 
     `names`: strategies as in `cggm compare` (None: all; `cggm` brings its variants, `unimodal` one run
     per modality). Run folders: <results>/<dataset>/<method>/seed<k>, reused when complete.
@@ -210,7 +214,7 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
                 cfg = Config(dataset=dataset, strategy=strategy, strategy_kwargs=kw, seed=seed, epochs=epochs,
                              preset=preset, data_root=data_root, data_kwargs=dict(options))
                 path = Path(results) / name / label.replace(":", "-") / f"seed{seed}"
-                result = run_experiment(cfg, path, skip_done=True, progress=False)
+                result = run_experiment(cfg, path, skip_done=True, overwrite=overwrite, progress=False)
                 if log is not None:
                     log(f"{name} {label} seed{seed}: acc {result.metrics.get('acc')}")
                 out.append({"dataset": name, "method": label, "seed": seed, "path": str(path), "data_root": data_root})
