@@ -249,6 +249,9 @@ def grid(profile: Profile) -> list[RunSpec]:
             add(d, "cggm", label, {"audit"}, seeds=first, settings=settings, **kw)
     for m in profile.mfeat_views:
         add("mfeat", "unimodal", f"unimodal.{m}", {"mfeat"}, seeds=first, modality=m)
+    for s in profile.mfeat_methods:
+        add("mfeat", s, s, {"mfeat"}, seeds=first)
+    # the study last: a run it shares with another group keeps that group's label (and folder)
     for name, (d, options) in STUDY_DATASETS.items():  # 41_imbalance_study: every method beside unimodal
         study = dict(seeds=profile.study_seeds, settings={"data_kwargs": options} if options else None)
         epochs = {"epochs": profile.study_epochs.get(d)} if d in profile.study_epochs else {}
@@ -259,8 +262,6 @@ def grid(profile: Profile) -> list[RunSpec]:
                 add(d, s, f"study.{name}.{s}", {"study"}, **study, **epochs)
             if s == "cggm":
                 add(d, s, f"study.{name}.cggm.guard", {"study"}, guard=True, **study, **epochs)
-    for s in profile.mfeat_methods:
-        add("mfeat", s, s, {"mfeat"}, seeds=first)
     return _merge(specs, profile)
 
 

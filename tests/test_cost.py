@@ -23,7 +23,8 @@ def test_the_command_writes_measured_rows_and_gpu_hours(tmp_path):
     assert cost.main(["--datasets", "synthetic", "--reps", "1", "--write", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     rows = result["rows"]
-    assert [r["row"] for r in rows] == ["cggm"] and rows[0]["params"] > 0 and rows[0]["ms"] > 0
+    assert "cggm" in [r["row"] for r in rows]  # the audit's runs and the imbalance study's strategies
+    assert all(r["params"] > 0 and r["ms"] > 0 for r in rows)
     assert result["factor"] > 1 and result["total_hours"] > 0
     assert len(result["runs"]) == sum(1 for r in result["runs"] if r["dataset"] == "synthetic") > 0
     text = out.read_text()

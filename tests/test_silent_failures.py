@@ -86,19 +86,22 @@ def run_notebook(name, tmp_path, **parameters):
 
 @pytest.mark.notebook
 def test_papermill_guard_false_runs_without_the_guard(tmp_path):
-    err = run_notebook("00_quickstart.ipynb", tmp_path, guard="false", epochs=1, threads=1, out_dir=str(tmp_path / "q"))
+    """The worker notebook's -y 'strategy_kwargs: {guard: "false"}' arrives as text and must mean False."""
+    err = run_notebook("10_train.ipynb", tmp_path, dataset="synthetic", strategy="cggm", strategy_kwargs={"guard": "false"},
+                       epochs=1, threads=1, out_dir=str(tmp_path / "q"))
     assert err is None, err
-    assert json.loads((tmp_path / "q/cggm/config.json").read_text())["strategy_kwargs"]["guard"] is False
+    assert json.loads((tmp_path / "q/config.json").read_text())["strategy_kwargs"]["guard"] is False
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("parameters, ename, fragment", [
-    ({"nonexistent": 1}, "ConfigError", "unknown notebook parameter 'nonexistent'"),
-    ({"epoch": 1}, "ConfigError", "did you mean 'epochs'"),
-    ({"guard": "maybe"}, "ConfigError", "'guard' must be a bool"),
+@pytest.mark.parametrize("notebook, parameters, ename, fragment", [
+    ("00_quickstart.ipynb", {"nonexistent": 1}, "ConfigError", "unknown notebook parameter 'nonexistent'"),
+    ("00_quickstart.ipynb", {"epoch": 1}, "ConfigError", "did you mean 'epochs'"),
+    ("10_train.ipynb", {"strategy": "cggm", "strategy_kwargs": {"guard": "maybe"}}, "ConfigError", "'guard' must be a bool"),
+    ("00_quickstart.ipynb", {"epochs": "many"}, "ConfigError", "'epochs'"),
 ])
-def test_papermill_unknown_or_mistyped_parameters_fail(tmp_path, parameters, ename, fragment):
-    err = run_notebook("00_quickstart.ipynb", tmp_path, out_dir=str(tmp_path / "q"), **parameters)
+def test_papermill_unknown_or_mistyped_parameters_fail(tmp_path, notebook, parameters, ename, fragment):
+    err = run_notebook(notebook, tmp_path, out_dir=str(tmp_path / "q"), **parameters)
     assert err is not None and err.ename == ename and fragment in err.evalue, err
     assert not (tmp_path / "q").exists()  # it failed before training anything
 
