@@ -129,8 +129,10 @@ class Context:
                              "cache_dir": str(self.root / "datasets"), "settings": s.other_settings} | dry_run_parameters(self.profile, s)
         if step.kind == "explainer":
             return common | {"out_dir": str(self.root / step.groups[0]), "figures_dir": str(self.root / "figures")}
+        import papermill as pm
+
         report = {"profile": self.profile.name, "results": str(self.results), "ledger_path": self.ledger}
-        declared = __import__("papermill").inspect_notebook(str(self.notebooks / step.notebook))  # only what it declares
+        declared = pm.inspect_notebook(str(self.notebooks / step.notebook))  # pass only what it declares
         return common | {k: v for k, v in report.items() if k in declared}
 
 
