@@ -261,9 +261,11 @@ class ModalityClassifiers(nn.Module):
         metric = metric or self.task.step_metric
         with torch.no_grad():
             official = {m: self.task.step_metric(z, target) for m, z in preds.items()}
-            same = metric is self.task.step_metric and dtype == torch.float32
-            eps = torch.stack([official[m] if same else metric(z, target, dtype=dtype) if dtype != torch.float32
-                               else metric(z, target) for m, z in preds.items()])
+            if metric is self.task.step_metric and dtype == torch.float32:
+                eps = torch.stack(list(official.values()))  # already computed: no second pass
+            else:  # float64 only where asked, so a task whose metric takes no dtype still works
+                kwargs = {} if dtype == torch.float32 else {"dtype": dtype}
+                eps = torch.stack([metric(z, target, **kwargs) for z in preds.values()])
             eps = mean_across_processes(eps)
             self.delta = eps - (torch.zeros_like(eps) if self.prev_eps is None else self.prev_eps)
             self.eps = self.prev_eps = eps
