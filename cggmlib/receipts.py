@@ -222,6 +222,58 @@ def verify(results, profile, data_root=None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "status", "problems"])
 
 
+def compare_results(results, other, profile, only: list[str] | None = None) -> pd.DataFrame:
+    """One row per run of the profile's grid and per report table: is `other` the same results folder?
+
+    For instance a local run against a Slurm run of the same profile. A run is "same" when both folders
+    hold it under the same configuration key and their metrics.json are equal (metrics.json holds no
+    wall time); a table is "same" when its CSV files are byte for byte equal. Everything else is
+    "differs" (with the first differing fields) or "missing" (with the side that lacks it). With `only`
+    (as `cggm reproduce --only`), the runs those steps need, and the tables both folders hold.
+    """
+    from .pipeline import get_profile, grid, plan
+    from .reports import stored_key
+
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    sides = [Path(results), Path(other)]
+    rows = []
+    specs = grid(prof) if not only else [step.spec for step in plan(prof, only) if step.spec is not None]
+    for spec in specs:
+        run = f"{spec.dataset}/{spec.label}/seed{spec.seed}"
+        dirs = [spec.path(side, prof) for side in sides]
+        lacking = [str(side) for side, d in zip(sides, dirs) if not (d / "metrics.json").is_file()]
+        if lacking:
+            rows.append({"item": run, "status": "missing", "detail": "no metrics.json in " + ", ".join(lacking)})
+            continue
+        keys = [stored_key(d) for d in dirs]
+        metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]
+        fields = _differing_fields(*metrics)
+        detail = ([f"config key {keys[0]} != {keys[1]}"] if keys[0] != keys[1] else []) + \
+            [f"{f}: {a!r} != {b!r}" for f, a, b in fields[:3]]
+        rows.append({"item": run, "status": "differs" if detail else "same", "detail": "; ".join(detail)})
+    tables = [sorted((side / prof.name / "tables").glob("*.csv")) for side in sides]
+    names = {p.name for files in tables for p in files}
+    if only:
+        names = {p.name for p in tables[0]} & {p.name for p in tables[1]}
+    for name in sorted(names):
+        paths = [side / prof.name / "tables" / name for side in sides]
+        lacking = [str(p.parent) for p in paths if not p.is_file()]
+        if lacking:
+            rows.append({"item": f"tables/{name}", "status": "missing", "detail": "not in " + ", ".join(lacking)})
+        else:
+            same = paths[0].read_bytes() == paths[1].read_bytes()
+            rows.append({"item": f"tables/{name}", "status": "same" if same else "differs", "detail": ""})
+    return pd.DataFrame(rows, columns=["item", "status", "detail"])
+
+
+def _differing_fields(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(field path, value in a, value in b) for every leaf where two JSON documents differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differing_fields(a.get(k), b.get(k), f"{prefix}/{k}" if prefix else str(k))]
+    return [] if a == b else [(prefix or "/", a, b)]
+
+
 def _recheck(recorded: dict, dataset: str, data_root) -> list[str]:
     from .data import checksums
 
@@ -235,4 +287,4 @@ def _recheck(recorded: dict, dataset: str, data_root) -> list[str]:
     return [f"data file changed since the run: {k}" for k in changed[:5]]
 
 
-__all__ = ["claim", "data_checksums", "listing_fingerprint", "dataset_files", "finish_run", "load_trained", "train_or_load", "verify"]
+__all__ = ["claim", "compare_results", "data_checksums", "listing_fingerprint", "dataset_files", "finish_run", "load_trained", "train_or_load", "verify"]

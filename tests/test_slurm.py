@@ -100,3 +100,44 @@ def test_local_submitit_jobs_run_resubmit_a_cancelled_job_attach_to_a_running_on
     rows = slurm.status(CI.name, results, ["mfeat"], log=lines.append)
     assert [r["state"] for r in rows] == ["done"] * 6
     assert not list(results.rglob("*.partial.ipynb"))
+
+
+def _fake_run(root, prof, spec, metrics: dict) -> None:
+    d = spec.path(root, prof)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(spec.config(prof).to_dict()))
+    (d / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_same_as_compares_keys_metrics_and_tables_of_two_results_folders(tmp_path, capsys):
+    """What `make slurm-test` checks after the Slurm run: the Slurm results folder equals the local one."""
+    from cggmlib.receipts import compare_results
+
+    ci = pipeline.get_profile("ci")
+    specs = [s.spec for s in pipeline.plan(ci, ["mfeat"]) if s.spec is not None]
+    a, b = tmp_path / "local", tmp_path / "slurm"
+    for root in (a, b):
+        for i, spec in enumerate(specs):
+            _fake_run(root, ci, spec, {"acc": 0.5 + i / 100, "val": {"acc": 0.4}})
+        (root / "ci" / "tables").mkdir()
+        (root / "ci" / "tables" / "mfeat_methods.csv").write_text("method,acc\njoint,0.5\n")
+    argv = ["reproduce", "--profile", "ci", "--results", str(a), "--same-as", str(b), "--only", "mfeat"]
+    assert main(argv) == 0 and f"{len(specs) + 1} same" in capsys.readouterr().out
+
+    first = specs[0].path(b, ci) / "metrics.json"
+    first.write_text(json.dumps({"acc": 0.5, "val": {"acc": 0.41}}))
+    (b / "ci" / "tables" / "mfeat_methods.csv").write_text("method,acc\njoint,0.6\n")
+    rows = compare_results(a, b, ci, only=["mfeat"]).set_index("item")
+    run = f"mfeat/{specs[0].label}/seed{specs[0].seed}"
+    assert rows.loc[run, "status"] == "differs" and rows.loc[run, "detail"] == "val/acc: 0.4 != 0.41"
+    assert rows.loc["tables/mfeat_methods.csv", "status"] == "differs"
+    assert (rows.drop([run, "tables/mfeat_methods.csv"]).status == "same").all()
+
+    cfg = json.loads((specs[1].path(b, ci) / "config.json").read_text())
+    (specs[1].path(b, ci) / "config.json").write_text(json.dumps(cfg | {"lr": 0.5}))
+    (specs[2].path(b, ci) / "metrics.json").unlink()
+    rows = compare_results(a, b, ci, only=["mfeat"]).set_index("item")
+    assert rows.loc[f"mfeat/{specs[1].label}/seed0", "detail"].startswith("config key ")
+    assert rows.loc[f"mfeat/{specs[2].label}/seed0", "status"] == "missing"
+    assert main(argv) == 1 and "differs" in capsys.readouterr().out
+    assert main(argv[:5] + ["--same-as", str(tmp_path / "nowhere")]) == 2 and "--same-as" in capsys.readouterr().err

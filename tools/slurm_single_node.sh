@@ -165,4 +165,15 @@ else
     HOW="best.pt was written after the cancel (a later epoch improved, or no epoch had ended before it)"
 fi
 echo "ok: the cancelled run $rel was resubmitted and finished; $HOW; logs and status in $DIR"
+
+# 3. the same results folder as the local executor: every run's configuration key and metrics.json, every
+#    table (SLURM_TEST_LOCAL_RESULTS: a local results root of the same code and profile, run first if absent)
+LOCAL=${SLURM_TEST_LOCAL_RESULTS:-$DIR/results_local}
+if [ ! -d "$LOCAL/ci" ]; then
+    "$PYTHON" -m cggmlib reproduce --profile ci --results "$LOCAL" "${EXTRA[@]}" > "$DIR/local.log" 2>&1 \
+        || { echo "the local ci run failed: $DIR/local.log" >&2; exit 1; }
+fi
+"$PYTHON" -m cggmlib reproduce --profile ci --results "$RESULTS" --same-as "$LOCAL" "${EXTRA[@]}" | tee "$DIR/same_as_local.log" \
+    || { echo "the Slurm results differ from the local executor's: $DIR/same_as_local.log" >&2; exit 1; }
+echo "ok: the Slurm results folder is the same as the local executor's ($LOCAL)"
 [ "${SLURM_TEST_KEEP:-0}" = 1 ] || stop

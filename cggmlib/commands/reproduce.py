@@ -11,6 +11,7 @@ writes results/<profile>/ (run folders, notebooks/, figures/, tables/, index.htm
     cggm reproduce --profile dryrun                         # the paper grid, 2 steps a run, on CPU (docs/reproduce.md)
     cggm reproduce --profile paper --executor slurm --slurm-opt partition=gpu   # one Slurm job per run
     cggm reproduce --profile paper --status                 # queued, running, done, failed (with logs)
+    cggm reproduce --profile ci --results a --same-as b     # is results folder b the same as a? (exit 1 if not)
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def add_arguments(p) -> None:
     p.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
                    help="local: the same jobs through submitit's LocalExecutor on this machine (a dry run of the "
                         "Slurm path, used by the tests)")
+    p.add_argument("--same-as", default=None, metavar="OTHER_RESULTS",
+                   help="train nothing: compare every run's metrics.json and configuration key, and every table, "
+                        "with another results root of the same profile (e.g. a Slurm run against a local one); "
+                        "exit 1 on any difference")
     p.add_argument("--status", action="store_true",
                    help="list the steps' jobs and runs: queued, running, done, failed (with the log), not submitted")
 
@@ -48,6 +53,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..jobs import reproduce
 
+    if args.same_as:
+        return _same_as(args)
     if args.status:
         from ..slurm import status
 
@@ -63,3 +70,25 @@ def run(args) -> int:
                         notebooks=args.notebooks, executor=args.executor, slurm_options=args.slurm_opt,
                         slurm_cluster=args.slurm_cluster)
     return 1 if summary["failed"] else 0
+
+
+def _same_as(args) -> int:
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..pipeline import get_profile
+    from ..receipts import compare_results
+
+    prof = get_profile(args.profile)
+    results = Path(args.results or prof.results)
+    for root in (results, Path(args.same_as)):
+        if not (root / prof.name).is_dir():
+            raise ConfigError(f"--same-as: {root / prof.name} does not exist; pass the results root that holds "
+                              f"{prof.name}/ (as given to --results)")
+    rows = compare_results(results, args.same_as, prof, only=args.only)
+    for row in rows.itertuples():
+        if row.status != "same":
+            print(f"{row.status:8s} {row.item}  {row.detail}")
+    counts = rows.status.value_counts().to_dict()
+    print(f"{results} vs {args.same_as} ({prof.name}): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0 if set(counts) <= {"same"} else 1
