@@ -94,6 +94,10 @@ def _completed(root):
     return sorted(root.glob("*/*/seed*/metrics.json")) if root.is_dir() else []
 
 
+# every test of the fixture on one xdist worker: a session fixture is built once per worker
+REPRODUCED = pytest.mark.xdist_group("reproduced")
+
+
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory):
     base = tmp_path_factory.mktemp("reproduce")
@@ -121,6 +125,7 @@ def reproduced(tmp_path_factory):
 
 
 @pytest.mark.notebook
+@REPRODUCED
 def test_reproduce_writes_every_paper_figure_and_table(reproduced):
     root = reproduced["root"]
     for k in range(2, 8):
@@ -137,6 +142,7 @@ def test_reproduce_writes_every_paper_figure_and_table(reproduced):
 
 
 @pytest.mark.notebook
+@REPRODUCED
 def test_every_notebook_and_run_leaves_its_executed_copy(reproduced):
     root = reproduced["root"]
     names = {p.stem for p in (root / "notebooks").glob("*.ipynb")}
@@ -152,6 +158,7 @@ def test_every_notebook_and_run_leaves_its_executed_copy(reproduced):
 
 
 @pytest.mark.notebook
+@REPRODUCED
 def test_a_killed_pipeline_resumes_without_redoing_completed_runs(reproduced):
     killed, finished = reproduced["killed"], reproduced["finished"]
     assert len(killed) >= 3 and finished  # two jobs: at most two of the three trained runs were still running
@@ -164,6 +171,7 @@ def test_a_killed_pipeline_resumes_without_redoing_completed_runs(reproduced):
 
 
 @pytest.mark.notebook
+@REPRODUCED
 def test_render_only_verifies_run_cards_and_rechecks_the_ledger(reproduced):
     root = reproduced["root"]
     render = json.loads((root / "render.json").read_text())
