@@ -145,19 +145,32 @@ ORDER = ("synthetic", "mfeat", "mosi", "iemocap", "food101", "brats2021")
 
 
 def collect(datasets=None, reps: int = 2, threads: int = 1, gpu_tflops: float = 4.0, log=print,
-            measure_batch: dict | None = None, on_row=None) -> dict:
+            measure_batch: dict | None = None, on_row=None, earlier: dict | None = None) -> dict:
     """Measure every row and project the paper profile; a dict the Markdown and the JSON are written from.
-    `on_row(partial_result)` is called after every row (the command rewrites its files each time)."""
+    `on_row(partial_result)` is called after every row (the command rewrites its files each time).
+    `earlier` (a result this function returned, e.g. read from docs/cost.json): keep its measured rows and
+    its throughput factor, and measure only the rows it lacks or failed on (same device and threads)."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.set_num_threads(threads)
-    gflops = cpu_gflops(threads)
-    factor = 1.0 if cuda else gpu_tflops * 1000 / gflops
-    batches = MEASURE_BATCH | (measure_batch or {})
     rows = []
+    if earlier is not None:
+        from .errors import ConfigError
+
+        if (earlier["device"], earlier["threads"]) != (device.type, threads):
+            raise ConfigError(f"--complete: the earlier rows were measured on {earlier['device']} with "
+                              f"{earlier['threads']} thread(s), this run would use {device.type} with {threads}; "
+                              "measure every row again instead (drop --complete)")
+        rows = [r for r in earlier["rows"] if "error" not in r]
+        gflops, gpu_tflops, factor = earlier["cpu_gflops"], earlier["gpu_tflops"], earlier["factor"]
+    else:
+        gflops = cpu_gflops(threads)
+        factor = 1.0 if cuda else gpu_tflops * 1000 / gflops
+    batches = MEASURE_BATCH | (measure_batch or {})
+    have = {(r["dataset"], r["row"]) for r in rows}
     todo = sorted(rows_of_grid().items(), key=lambda kv: (ORDER.index(kv[0][0]), kv[0][1]))
     for (dataset, label), (strategy, options) in todo:
-        if datasets and dataset not in datasets:
+        if datasets and dataset not in datasets or (dataset, label) in have:
             continue
         batch = train_kwargs(dataset, "paper")["batch_size"] if cuda else batches[dataset]
         started = time.perf_counter()
@@ -278,6 +291,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gpu-tflops", type=float, default=4.0, help="assumed sustained float32 TFLOPS of the GPU (CPU only)")
     p.add_argument("--measure-batch", default=None, help='JSON: dataset -> CPU measurement batch, e.g. \'{"food101": 2}\'')
+    p.add_argument("--complete", default=None, metavar="JSON",
+                   help="keep the rows measured in an earlier run's JSON (e.g. docs/cost.json) and its throughput "
+                        "factor; measure only the rows it lacks")
     p.add_argument("--rows-from", default=None, metavar="JSON",
                    help="re-project the rows measured in an earlier run's JSON (e.g. docs/cost.json), measuring nothing")
     args = p.parse_args(argv)
@@ -297,7 +313,8 @@ def main(argv=None) -> int:
 
     result = collect(args.datasets, args.reps, args.threads, args.gpu_tflops, log=lambda s: print(s, flush=True),
                      measure_batch=json.loads(args.measure_batch) if args.measure_batch else None,
-                     on_row=write if args.write else None)
+                     on_row=write if args.write else None,
+                     earlier=json.loads(Path(args.complete).read_text()) if args.complete else None)
     if args.write:
         write(result)
         print(f"wrote {args.write} and {Path(args.write).with_suffix('.json')}")

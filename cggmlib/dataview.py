@@ -26,7 +26,7 @@ def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: 
     The stand-in is written into a temporary sibling folder and renamed into place, under a lock: a
     second `reproduce` on the same data root waits for the first and then uses its stand-in.
     """
-    from .data.standins import STANDINS, folder_state, write_standin
+    from .data.standins import STANDINS, check_size, folder_state, write_standin
 
     folder = Path(data_root) / dataset
     state = folder_state(folder, dataset) if dataset in STANDINS else ("present" if folder.is_dir() else "absent")
@@ -35,6 +35,8 @@ def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: 
             raise DataError(f"{dataset} is not in {folder}: put the real data there, point --data-root at it, or "
                             f"run the smoke profile (it writes a stand-in)", path=folder, card=card(dataset))
         write_standin(dataset, data_root, reuse=True, **(standin_size or {}))
+    elif state == "standin" and allow_standin:
+        check_size(dataset, folder, standin_size)
     report = importlib.import_module(f".data.{DATASETS[dataset]}", __package__).check(folder, full=full)
     if not report.ok:
         raise DataError(f"cggm doctor found {len(report.problems)} problem(s) in {folder}:\n    "

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from cggmlib import cost
 from cggmlib.errors import ConfigError
@@ -33,6 +34,25 @@ def test_the_command_writes_measured_rows_and_gpu_hours(tmp_path):
     again = tmp_path / "again.md"  # re-projection of the stored rows measures nothing and agrees
     assert cost.main(["--rows-from", str(out.with_suffix(".json")), "--write", str(again)]) == 0
     assert again.read_text() == text
+
+
+def test_complete_measures_only_the_rows_an_earlier_table_lacks(tmp_path, capsys):
+    """How the rows a long measurement did not reach (BraTS) are added without measuring the rest again."""
+    m = {"ms": 12.5, "batch": 64, "params": 1.0, "strategy_params": 0.0, "live_mb": 1.0, "peak_mb": 2.0}
+    rows = [{"dataset": "synthetic", "row": "joint", "measured_on": "cpu"} | m | cost.project(m, "synthetic", 80.0, "cpu")]
+    earlier = cost.summarize(rows, torch.device("cpu"), 1, 50.0, 4.0, 80.0)
+    (tmp_path / "old.json").write_text(json.dumps(earlier))
+    out = tmp_path / "cost.md"
+    assert cost.main(["--datasets", "synthetic", "--reps", "1", "--complete", str(tmp_path / "old.json"),
+                      "--write", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    measured = capsys.readouterr().out
+    assert " joint " not in measured and " cggm " in measured  # the kept row was not measured again
+    kept = [r for r in result["rows"] if r["row"] == "joint"]
+    assert len(kept) == 1 and kept[0]["ms"] == 12.5 and result["factor"] == 80.0
+    assert {r["row"] for r in result["rows"]} == {row for d, row in cost.rows_of_grid() if d == "synthetic"}
+    with pytest.raises(ConfigError, match="--complete: the earlier rows were measured on cpu with 1 thread"):
+        cost.main(["--datasets", "synthetic", "--threads", "2", "--complete", str(tmp_path / "old.json")])
 
 
 def test_unknown_dataset_is_named():

@@ -85,6 +85,24 @@ def test_a_folder_left_empty_by_a_failed_write_is_replaced_by_the_data_step(tmp_
     assert not (tmp_path / "iemocap" / "A" / ".comparE.h5.k2j3h4.tmp").exists()
 
 
+def test_a_stand_in_of_another_size_is_not_reused_without_a_word(tmp_path):
+    """A data root shared by two profiles: the dryrun's full-size stand-in must not be the smoke one."""
+    write_standin("mosi", tmp_path, train=30, valid=10, test=10, seq_len=8, noalign=False)
+    asked = {"train": 30, "valid": 10, "test": 10, "seq_len": 8, "noalign": False}
+    assert dataview.prepare("mosi", tmp_path, allow_standin=True, standin_size=asked).ok  # the same size: reused
+    assert write_standin("mosi", tmp_path, reuse=True, **asked) == tmp_path / "mosi"
+    bigger = asked | {"train": 1284}
+    for reuse in (lambda: dataview.prepare("mosi", tmp_path, allow_standin=True, standin_size=bigger),
+                  lambda: write_standin("mosi", tmp_path, reuse=True, **bigger)):
+        with pytest.raises(DataError, match=r"another size .* train 30 \(asked: 1284\)") as err:
+            reuse()
+        assert "--force" in str(err.value) and str(tmp_path / "mosi") in str(err.value)
+    # the writer's defaults count as asked: a stand-in written with its default size is reused by a bare call
+    write_standin("mosi", tmp_path / "defaults", noalign=False)
+    assert write_standin("mosi", tmp_path / "defaults", reuse=True, train=240, noalign=False).is_dir()
+    assert dataview.prepare("mosi", tmp_path / "defaults", allow_standin=True, standin_size={"noalign": False}).ok
+
+
 def test_a_killed_make_standin_does_not_block_the_next_one(tmp_path):
     """SIGKILL while `cggm make-standin iemocap` runs; the next call (no --force) writes the stand-in."""
     args = [sys.executable, "-m", "cggmlib", "make-standin", "iemocap", "--out", str(tmp_path),

@@ -97,6 +97,7 @@ def write_standin(name: str, data_root, seed: int = 0, overwrite: bool = False, 
             shutil.rmtree(stale, ignore_errors=True)
         state = folder_state(folder, name)
         if state == "standin" and reuse:
+            check_size(name, folder, size)
             return folder
         if state == "standin" and not overwrite:
             raise DataError(f"{folder} already holds a stand-in; pass overwrite=True (CLI: --force) to rewrite it",
@@ -119,6 +120,29 @@ def write_standin(name: str, data_root, seed: int = 0, overwrite: bool = False, 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def resolved_size(name: str, size: dict | None) -> dict:
+    """`size` completed with the writer's defaults: the stand-in's full shape, comparable across calls."""
+    params = inspect.signature(_writer(name).write).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in ("path", "seed")
+                and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
+    return defaults | dict(size or {})
+
+
+def check_size(name: str, folder, size: dict | None) -> None:
+    """Refuse to reuse the stand-in in `folder` when it was written with another size than asked: a
+    profile whose stand-ins are bigger (dryrun) must not train on a smaller one (smoke) without a word.
+    (Its seed may differ: the shapes do not depend on it.)"""
+    marker = read_marker(folder)
+    had, asked = resolved_size(name, marker.get("size")), resolved_size(name, size)
+    changed = {k: (had.get(k), asked.get(k)) for k in sorted(set(had) | set(asked)) if had.get(k) != asked.get(k)}
+    if changed:
+        listed = ", ".join(f"{k} {a!r} (asked: {b!r})" for k, (a, b) in changed.items())
+        raise DataError(f"{folder} holds a {name} stand-in of another size than this run asks for: {listed}",
+                        path=folder, expected=f"a stand-in of the asked size: rewrite it with `cggm make-standin {name} "
+                        f"--out {Path(folder).parent} --force --size KEY=VALUE ...`, or give this profile its own "
+                        "--data-root (each profile's default data root is its own)")
 
 
 def _writer(name: str):
