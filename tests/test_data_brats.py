@@ -19,7 +19,8 @@ from cggmlib.tasks import Segmentation
 SIZE, DEPTH = 176, 16
 
 
-# one xdist worker per file (`make test` uses --dist loadgroup): the stand-in is written once
+# meant to keep this file on one xdist worker (`make test` uses --dist loadgroup), so the stand-in is
+# written once; pytest-xdist 3.8 does not group under pytest 9.2, so each worker writes its own
 pytestmark = pytest.mark.xdist_group("brats2021")
 
 

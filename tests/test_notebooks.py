@@ -2,6 +2,7 @@
 through papermill with tiny parameters, asserting on the files they write."""
 import ast
 import json
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -94,13 +95,29 @@ def _completed(root):
     return sorted(root.glob("*/*/seed*/metrics.json")) if root.is_dir() else []
 
 
-# every test of the fixture on one xdist worker: a session fixture is built once per worker
-REPRODUCED = pytest.mark.xdist_group("reproduced")
-
-
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory):
-    base = tmp_path_factory.mktemp("reproduce")
+def reproduced(tmp_path_factory, worker_id):
+    """Built once per test session, also under xdist: the first worker to need it builds it under a file
+    lock in the session's shared temporary folder, the others wait and read its summary. (`xdist_group`
+    cannot keep these tests on one worker: pytest-xdist 3.8 does not group under pytest 9.2.)"""
+    from filelock import FileLock
+
+    if worker_id == "master":
+        return _reproduce(tmp_path_factory.mktemp("reproduce"))
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/: one per session, shared by its workers
+    summary = shared / "reproduce.json"
+    with FileLock(str(shared / "reproduce.lock")):
+        if not summary.exists():
+            made = _reproduce(shared / "reproduce")
+            summary.write_text(json.dumps({"root": str(made["root"]), "finished": sorted(map(str, made["finished"])),
+                                           "killed": {str(p): t for p, t in made["killed"].items()}}))
+    stored = json.loads(summary.read_text())
+    return {"root": Path(stored["root"]), "finished": {Path(p) for p in stored["finished"]},
+            "killed": {Path(p): t for p, t in stored["killed"].items()}}
+
+
+def _reproduce(base):
+    base.mkdir(parents=True, exist_ok=True)
     root = base / "results" / "ci"
     cmd = [sys.executable, "-m", "cggmlib", "reproduce", "--profile", "ci", "--results", str(base / "results")]
     with open(base / "killed.log", "w") as log:
@@ -125,7 +142,6 @@ def reproduced(tmp_path_factory):
 
 
 @pytest.mark.notebook
-@REPRODUCED
 def test_reproduce_writes_every_paper_figure_and_table(reproduced):
     root = reproduced["root"]
     for k in range(2, 8):
@@ -142,7 +158,6 @@ def test_reproduce_writes_every_paper_figure_and_table(reproduced):
 
 
 @pytest.mark.notebook
-@REPRODUCED
 def test_every_notebook_and_run_leaves_its_executed_copy(reproduced):
     root = reproduced["root"]
     names = {p.stem for p in (root / "notebooks").glob("*.ipynb")}
@@ -158,7 +173,6 @@ def test_every_notebook_and_run_leaves_its_executed_copy(reproduced):
 
 
 @pytest.mark.notebook
-@REPRODUCED
 def test_a_killed_pipeline_resumes_without_redoing_completed_runs(reproduced):
     killed, finished = reproduced["killed"], reproduced["finished"]
     assert len(killed) >= 3 and finished  # two jobs: at most two of the three trained runs were still running
@@ -171,7 +185,6 @@ def test_a_killed_pipeline_resumes_without_redoing_completed_runs(reproduced):
 
 
 @pytest.mark.notebook
-@REPRODUCED
 def test_render_only_verifies_run_cards_and_rechecks_the_ledger(reproduced):
     root = reproduced["root"]
     render = json.loads((root / "render.json").read_text())
