@@ -22,15 +22,19 @@ from .trace import Trace
 
 
 def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool = False, overwrite: bool = False,
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, on_step=None) -> TrainResult:
     """Train one configuration; with `out_dir`, checkpoint there and write the run folder.
 
     The folder belongs to one configuration (see `own_folder`) and is locked while this runs.
     `skip_done`: return a completed run of the same configuration instead of training it again.
     `overwrite`: move a run of another configuration aside (to `.superseded/`) instead of refusing.
+    `on_step`: an observer called after every optimisation step (see `train`); only without `out_dir`,
+    since a run folder records what was trained, not what was observed along the way.
     """
     if out_dir is None:
-        return _train(cfg, None, False, progress)
+        return _train(cfg, None, False, progress, on_step)
+    if on_step is not None:
+        raise ConfigError("run_experiment: on_step observes a run without a folder (out_dir=None)")
     out = ensure_writable(out_dir)  # fail before training, not after it
     if not launched_as_main():  # other torchrun ranks read the folder, never own it or write it
         return _train(cfg, out, resume, progress)
@@ -80,14 +84,14 @@ def _read_config(out: Path) -> dict | None:
         return {}
 
 
-def _train(cfg, out, resume: bool, progress: bool) -> TrainResult:
+def _train(cfg, out, resume: bool, progress: bool, on_step=None) -> TrainResult:
     seed_everything(cfg.seed)  # the model's initial weights depend on the seed too
     data = load_data(cfg.dataset, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, **cfg.data_kwargs)
     if cfg.task_kwargs:
         data.task = task_with(data.task, cfg.task_kwargs)
     model = build_model(cfg.dataset, data, cfg.preset, **cfg.model_kwargs)
     strategy = make_strategy(cfg.strategy, **cfg.strategy_kwargs)
-    result = train(model, strategy, data, cfg, out_dir=out, resume=resume, progress=progress)
+    result = train(model, strategy, data, cfg, out_dir=out, resume=resume, progress=progress, on_step=on_step)
     if getattr(strategy, "classifiers", None) is not None:
         # what each encoder can do alone: f_m on frozen encoder m, held-out test split (paper Table 5)
         result.metrics["classifiers"] = evaluate_classifiers(model, strategy, data.test, data.task)

@@ -344,6 +344,179 @@ def noise_of_run(run_dir, batch_size: int | None = None, draws: int = 200, seed:
     return noise_fraction(noise, run["trace"], list(model.encoders))
 
 
+def b_and_speed(cfg, every: int = 5, probe_split: str = "val") -> "pd.DataFrame":
+    """Does B_m follow modality m's held-out learning speed? One training run of `cfg`, observed.
+
+    `cfg` must train CGGM's classifiers f_m (strategy `cggm`, or `joint` with `observe=True`). It is
+    trained once, without a run folder, and every `every` optimisation steps each f_m, reading its
+    frozen encoder φ_m, is scored on a fixed held-out probe set: the same `probe_split` samples each
+    time (`analysis.evaluate_classifiers`, the task's metric). Between two probes lies a window; one row
+    per (window, modality): `balance` and `guarded`, the window's mean of the released and the guarded
+    B_m recomputed from the Δε_m the run logged (whatever B the run applied), `eps`, the mean train-batch
+    ε_m, and `speed`, the held-out metric's gain over the window divided by its steps (the task's
+    selection metric, negated where lower is better, so a positive speed is an improvement). Observing
+    changes nothing: the probe runs without gradients, on a forked random state, so the observed run
+    trains exactly as an unobserved one (its final metrics are in the frame's `attrs["metrics"]`).
+    """
+    import pandas as pd
+
+    from .analysis import evaluate_classifiers
+    from .experiment import run_experiment
+    from .modulation.coefficients import balance_coefficients, guarded_balance_coefficients
+
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"b_and_speed: every must be a positive int (steps between probes), got {every!r}")
+    probes, kept = [], {}
+
+    def probe(step, model, strategy, data):
+        if step % every:
+            return
+        if getattr(strategy, "classifiers", None) is None:
+            raise ConfigError(f"b_and_speed: strategy {cfg.strategy!r} trains no classifiers f_m; use cggm, "
+                              "or joint with observe=True")
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # the training's random numbers stay its own
+            if "batches" not in kept:
+                kept["batches"] = list(getattr(data, probe_split))
+            scores = evaluate_classifiers(model, strategy, kept["batches"], data.task)
+        model.train()
+        sign = 1.0 if data.task.higher_is_better else -1.0  # speed is an improvement (MAE falls)
+        probes.append({"step": step} | {m: sign * float(v[data.task.select]) for m, v in scores.items()})
+
+    result = run_experiment(cfg, None, progress=False, on_step=probe)
+    modalities = [m for m in probes[0] if m != "step"] if probes else []
+    if len(probes) < 2:
+        raise ConfigError(f"b_and_speed: {len(probes)} probe(s) in {len(result.trace.steps())} steps; lower `every` "
+                          f"({every}) or train longer")
+    steps = result.trace.steps().dropna(subset=[f"delta/{m}" for m in modalities]).reset_index(drop=True)
+    delta = torch.tensor(steps[[f"delta/{m}" for m in modalities]].to_numpy(dtype=float))
+    released = torch.stack([balance_coefficients(d) for d in delta]).numpy()
+    guarded = torch.stack([guarded_balance_coefficients(d) for d in delta]).numpy()
+    rows = []
+    for window, (before, after) in enumerate(zip(probes, probes[1:])):
+        inside = ((steps["step"] >= before["step"]) & (steps["step"] < after["step"])).to_numpy()
+        for i, m in enumerate(modalities):
+            rows.append({"window": window, "step": after["step"], "modality": m,
+                         "balance": float(np.mean(released[inside, i])), "guarded": float(np.mean(guarded[inside, i])),
+                         "eps": float(steps.loc[inside, f"eps/{m}"].mean()),
+                         "heldout": after[m], "speed": (after[m] - before[m]) / (after["step"] - before["step"])})
+    frame = pd.DataFrame(rows).assign(dataset=cfg.dataset, every=every)
+    frame.attrs["metrics"] = result.metrics
+    return frame
+
+
+def speed_of_runs(found: list[dict], methods=("joint", "cggm"), every: int = 5) -> tuple:
+    """`b_and_speed` for the first seed's run of each of `methods` in `found` (as `pipeline_runs` or `runs`
+    return them), each retrained from its config.json under observation; (rows, `speed_correlations` per
+    method)."""
+    import pandas as pd
+
+    from .config import Config
+    from .runs import load_run
+
+    first = min(r["seed"] for r in found)
+    chosen = [r for r in found if r["method"] in methods and r["seed"] == first]
+    if not chosen:
+        raise ConfigError(f"speed_of_runs: no run of {list(methods)} among the runs found")
+    speed = pd.concat([b_and_speed(Config.from_dict(load_run(r["path"])["config"] | {"device": "cpu"}), every=every)
+                       .assign(dataset=r["dataset"], method=r["method"]) for r in chosen], ignore_index=True)
+    correlations = pd.concat([speed_correlations(part).assign(method=method)
+                              for method, part in speed.groupby("method", sort=False)], ignore_index=True)
+    return speed, correlations
+
+
+def speed_correlations(speed: "pd.DataFrame") -> "pd.DataFrame":
+    """Spearman correlations of `b_and_speed`'s rows, per dataset and B (released, guarded):
+    `across_windows`, B_m against its own speed over the windows, per modality; `within_window`, the
+    question CGGM's rule rests on: B_m is large for the modality whose train-batch accuracy rose least,
+    and CGGM raises its gradients; is that the modality learning slowest on held-out data? (B_m and
+    speed centred on the window's mean over modalities, pooled.) If B_m measures held-out learning
+    speed, rho is negative. Under CGGM the boost itself speeds the boosted modality up, which pulls
+    rho up; a run that only observes B_m (`joint` with `observe=True`) has no such feedback."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    rows = []
+    for dataset, part in speed.groupby("dataset", sort=False):
+        for b in ("balance", "guarded"):
+            for m, sub in part.groupby("modality", sort=False):
+                r = spearmanr(sub[b], sub["speed"])
+                rows.append({"dataset": dataset, "B": b, "kind": "across_windows", "modality": m, "n": len(sub),
+                             "rho": float(r.statistic), "p": float(r.pvalue)})
+            centred = part.assign(**{c: part[c] - part.groupby("window")[c].transform("mean") for c in (b, "speed")})
+            r = spearmanr(centred[b], centred["speed"])
+            rows.append({"dataset": dataset, "B": b, "kind": "within_window", "modality": "all", "n": len(centred),
+                         "rho": float(r.statistic), "p": float(r.pvalue)})
+    return pd.DataFrame(rows)
+
+
+def speed_figure(speed: "pd.DataFrame", notes: dict | None = None):
+    """Per dataset: window-mean guarded B_m (x) against held-out learning speed (y), one colour per
+    modality, both centred on the window's mean over modalities (what CGGM's rule compares)."""
+    import matplotlib.pyplot as plt
+
+    parts = dict(tuple(speed.groupby("dataset", sort=False)))
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.2), squeeze=False)
+    for ax, (dataset, part) in zip(axes[0], parts.items()):
+        centred = part.assign(**{c: part[c] - part.groupby("window")[c].transform("mean") for c in ("guarded", "speed")})
+        for m, sub in centred.groupby("modality", sort=False):
+            ax.scatter(sub["guarded"], 100 * sub["speed"], s=10, label=m)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_xlabel("guarded B_m − window mean", fontsize=8)
+        ax.set_ylabel("held-out gain − window mean (points/step)", fontsize=8)
+        ax.set_title(dataset, fontsize=9)
+        ax.legend(fontsize=6, markerscale=0.8)
+        note = (notes or {}).get(dataset)
+        if note:
+            ax.annotate(note, (0.02, 0.02), xycoords="axes fraction", fontsize=7, color="firebrick")
+    fig.suptitle("Does a large B_m point at the modality learning slowest on held-out data? (then: falling)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def noise_figure(noise: "pd.DataFrame", notes: dict | None = None):
+    """Per dataset and batch size: the fraction of each quantity's step-to-step variance along training
+    that batch sampling alone produces (`noise_fraction`), one point per modality, median as a bar."""
+    import matplotlib.pyplot as plt
+
+    parts = dict(tuple(noise.groupby(["dataset", "batch_size"], sort=False)))
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.2 * len(parts), 3.0), squeeze=False, sharey=True)
+    for ax, ((dataset, batch), part) in zip(axes[0], parts.items()):
+        quantities = list(dict.fromkeys(part["quantity"]))
+        for x, q in enumerate(quantities):
+            values = 100 * part.loc[part["quantity"] == q, "noise_fraction"].to_numpy(dtype=float)
+            ax.bar(x, np.nanmedian(values), color="lightsteelblue")
+            ax.scatter(np.full(len(values), x), values, s=8, color="black", zorder=3)
+        ax.set_xticks(range(len(quantities)), ["ε_m" if q == "eps" else "Δε_m" if q == "delta" else
+                                               "B_m released" if q == "balance" else "B_m guarded" for q in quantities],
+                      rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 105)
+        note = (notes or {}).get(dataset)
+        ax.set_title(f"{dataset}, batch {batch}" + (f"\n{note}" if note else ""), fontsize=8)
+    axes[0][0].set_ylabel("batch noise / step-to-step variance (%)", fontsize=8)
+    fig.suptitle("How much of each quantity's step-to-step change is batch noise", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def describe_speed(correlations: "pd.DataFrame") -> str:
+    """Markdown sentences from `speed_correlations`'s numbers."""
+    lines = []
+    for dataset, part in correlations.groupby("dataset", sort=False):
+        within = part[part["kind"] == "within_window"].set_index("B")
+        across = part[part["kind"] == "across_windows"]
+        per = ", ".join(f"{m} {r:+.2f}" for m, r in zip(across.loc[across["B"] == "guarded", "modality"],
+                                                         across.loc[across["B"] == "guarded", "rho"]))
+        lines.append(f"**{dataset}.** Within a window, B_m and the held-out learning speed (negative if B_m "
+                     f"singles out the modality learning slowest, as CGGM intends) have a Spearman "
+                     f"correlation of {within.loc['balance', 'rho']:+.2f} (released B_m, p = {within.loc['balance', 'p']:.2g}) "
+                     f"and {within.loc['guarded', 'rho']:+.2f} (guarded, p = {within.loc['guarded', 'p']:.2g}) over "
+                     f"{int(within.loc['guarded', 'n'])} (window, modality) pairs; per modality across windows "
+                     f"(guarded): {per}.")
+    return "\n\n".join(lines)
+
+
 def _pts(x) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.1f}"
 
@@ -418,12 +591,25 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="smoke")
     p.add_argument("--data-root", default="data")
     p.add_argument("--results", default="results/study")
+    p.add_argument("--speed-every", type=int, default=5, help="steps between held-out probes when the first seed's "
+                   "joint and cggm runs are retrained under observation (B_m against learning speed); 0: skip")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     found = runs(args.datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root, args.preset)
     table = write(found, args.results)
     print(table.to_string())
     print(describe_gaps(table))
+    if args.speed_every:
+        from pathlib import Path
+
+        from . import tables
+
+        speed, correlations = speed_of_runs(found, [m for m in ("joint", "cggm") if m in set(r["method"] for r in found)],
+                                            args.speed_every)
+        tables.save(correlations.round(4), Path(args.results) / "imbalance_speed",
+                    "Spearman correlation of B_m with held-out learning speed")
+        for method, part in correlations.groupby("method", sort=False):
+            print(f"{method}: " + describe_speed(part))
     return 0
 
 

@@ -23,11 +23,13 @@ from .trace import Trace
 
 
 def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, progress: bool = True,
-          grad_norms: bool = True) -> TrainResult:
+          grad_norms: bool = True, on_step=None) -> TrainResult:
     """Train `model` with `strategy` on `data` for `cfg.epochs`; checkpoint to `out_dir` when given.
 
     `grad_norms`: log ‖∇θ^{φ_m} L‖ of every encoder before and after modulation (the figures use
-    them; measured cost in `cggm bench`). Under `torchrun` (or an initialised torch.distributed),
+    them; measured cost in `cggm bench`). `on_step(steps_done, model, strategy, data)`, when given, is
+    called after every optimisation step, to observe (e.g. a held-out probe, `study.b_and_speed`); it
+    must leave the model as it found it, in training mode. Under `torchrun` (or an initialised torch.distributed),
     each rank trains on its shard and only rank 0 writes files.
     """
     started = time.time()
@@ -75,6 +77,8 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
             tools.finite.check_trace(trace)
             loop["step"] += 1
             loop["batch"] = i + 1
+            if on_step is not None:
+                on_step(loop["step"], model, strategy, data)
             if cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0:
                 save()
         tools.finite.check_trace(trace, flush=True)

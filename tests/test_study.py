@@ -53,6 +53,31 @@ def test_batch_noise_at_fixed_weights_has_spread_and_the_noise_fraction_is_a_fra
     assert row[("delta", "a")] < 0.9 and row[("delta", "b")] == pytest.approx(1.0)  # b's trace is pure noise
 
 
+def test_b_and_speed_observes_without_changing_the_run_and_its_speeds_are_probe_differences():
+    from cggmlib.config import Config
+    from cggmlib.experiment import run_experiment
+
+    cfg = Config(dataset="synthetic", strategy="cggm", preset="smoke", epochs=2, seed=0, batch_size=64)
+    speed = study.b_and_speed(cfg, every=4)
+    unobserved = run_experiment(cfg, None, progress=False)
+    assert speed.attrs["metrics"]["acc"] == unobserved.metrics["acc"]  # the probe left the training alone
+    assert speed.attrs["metrics"]["loss"] == unobserved.metrics["loss"]
+    assert set(speed["modality"]) == {"m0", "m1", "m2"} and speed["step"].diff().dropna().isin([0, 4]).all()
+    for m, part in speed.groupby("modality"):
+        gains = np.diff(np.r_[part["heldout"].iloc[0] - 4 * part["speed"].iloc[0], part["heldout"]])
+        assert np.allclose(gains / 4, part["speed"])  # speed = the held-out gain per step over its window
+    assert speed["guarded"].between(0, 1).all()
+    corr = study.speed_correlations(speed)
+    assert set(corr["kind"]) == {"across_windows", "within_window"} and corr["rho"].dropna().between(-1, 1).all()
+    assert "Within a window" in study.describe_speed(corr)
+    with pytest.raises(ConfigError, match="every must be a positive int"):
+        study.b_and_speed(cfg, every=0)
+    with pytest.raises(ConfigError, match="trains no classifiers"):
+        study.b_and_speed(Config(dataset="synthetic", strategy="joint", preset="smoke", epochs=1), every=2)
+    with pytest.raises(ConfigError, match="lower `every`"):
+        study.b_and_speed(cfg, every=10_000)
+
+
 def test_imbalanced_setting_fixes_its_options_and_names_a_clash():
     data = load_data("synthetic", setting="imbalanced", num_samples=100)
     assert data.input_dims == {"m0": 512, "m1": 512, "m2": 512} and data.info["strengths"]["m0"] == 8.0
@@ -104,8 +129,13 @@ def test_study_notebook_reads_the_pipeline_runs_and_writes_its_table_figure_and_
     assert (root / "figures" / "imbalance_study.png").stat().st_size > 10_000
     noise = __import__("pandas").read_csv(root / "tables" / "imbalance_noise.csv")
     assert noise["noise_fraction"].dropna().between(0, 1).all() and set(noise["batch_size"]) == {32}
+    assert (root / "figures" / "imbalance_noise.png").stat().st_size > 10_000
+    speed = __import__("pandas").read_csv(root / "tables" / "imbalance_speed.csv")
+    assert set(speed["method"]) == {"joint", "cggm"} and speed["rho"].between(-1, 1).all()
+    assert all((root / "figures" / f"imbalance_speed_{m}.png").stat().st_size > 10_000 for m in ("joint", "cggm"))
     text = json.dumps([c.get("outputs") for c in nbformat.read(tmp_path / "executed.ipynb", 4).cells])
     assert "Under joint training the linear probe" in text and "Batch sampling alone accounts for" in text
+    assert "Within a window, B_m and the held-out learning speed" in text
 
 
 @pytest.mark.notebook

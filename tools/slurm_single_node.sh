@@ -24,6 +24,7 @@ stop() {
 if [ "${1:-}" = stop ]; then stop; exit 0; fi
 
 PYTHON=${1:-python3}
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac  # it cds to $DIR
 [ "$#" -gt 0 ] && shift
 [ "${1:-}" = -- ] && shift
 EXTRA=("$@")
@@ -128,8 +129,11 @@ PREEMPTED="" prel=""
 for _ in $(seq 3000); do
     if found=$(half_trained "$rel"); then
         read -r prel PREEMPTED <<< "$found"
-        scancel --signal=USR2 "$PREEMPTED" || echo "scancel --signal=USR2 $PREEMPTED failed with $?"
-        echo "sent USR2 to job $PREEMPTED while $prel was half trained"
+        # Slurm may answer "Job can not be altered now, try again later" while the job starts: retry
+        SENT=0
+        for _ in $(seq 20); do if scancel --signal=USR2 "$PREEMPTED" 2>/dev/null; then SENT=1; break; fi; sleep 0.5; done
+        if [ "$SENT" = 1 ]; then echo "sent USR2 to job $PREEMPTED while $prel was half trained"
+        else echo "scancel --signal=USR2 $PREEMPTED failed 20 times: the requeue is not exercised" >&2; PREEMPTED=""; fi
         break
     fi
     kill -0 "$FIRST" 2>/dev/null || break
