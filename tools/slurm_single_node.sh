@@ -92,8 +92,9 @@ cd "$DIR"
 "${CGGM[@]}" > "$DIR/first.log" 2>&1 &
 FIRST=$!
 # a worker run with a checkpoint but no metrics yet (half trained) whose job is recorded, other than $1: "rel job"
+# BraTS first: its runs are the ci profile's longest, so the signal lands before the run ends
 half_trained() {
-    for ckpt in "$RESULTS"/ci/*/*/seed*/checkpoint.pt; do
+    for ckpt in "$RESULTS"/ci/brats2021/*/seed*/checkpoint.pt "$RESULTS"/ci/*/*/seed*/checkpoint.pt; do
         local run rel record
         run=$(dirname "$ckpt")
         [ -f "$ckpt" ] && [ ! -f "$run/metrics.json" ] || continue
