@@ -19,7 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "cosine")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 NONFINITE = ("raise", "skip")
-LR_WARMUPS = ("linspace", "exclusive")  # cggmlib.optim.CosineWarmup
+LR_WARMUPS = ("linspace", "exclusive")  # cggmlib.training.optim.CosineWarmup
 #: dataset name for your own data: cg.train(model, strategy, my_data, Config(dataset="custom", ...))
 CUSTOM = "custom"
 CUSTOM_TRAIN = dict(batch_size=64, epochs=10, optimizer="adam", lr=1e-3, weight_decay=0.0, grad_clip=0.8,

@@ -7,18 +7,20 @@ import json
 import os
 from pathlib import Path
 
-from .analysis import evaluate_classifiers
-from .checkpoint import Checkpointer
+from .analysis.classifiers import evaluate_classifiers
+from .training.checkpoint import Checkpointer
 from .config import config_diff, stored_key
 from .data import load_data
 from .errors import ConfigError, ResultsError
 from .models import build_model
 from .modulation import make_strategy
-from .distributed import is_main_process
-from .runs import atomic_write_json, ensure_writable, load_run, move_aside, run_folder_lock, save_run, seed_everything
-from .protocol import TrainResult
+from .training.distributed import is_main_process
+from .files import atomic_write_json, ensure_writable
+from .runs.folder import load_run, save_run, seed_everything
+from .runs.lock import move_aside, run_folder_lock
+from .training.protocol import TrainResult
 from .train import train
-from .trace import Trace
+from .training.trace import Trace
 
 
 def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool = False, overwrite: bool = False,

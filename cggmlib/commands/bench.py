@@ -3,7 +3,7 @@
 One line per measurement on stdout, e.g.
     model=mosi size=reduced device=cpu ... strategy=cggm variant=official step_ms=1249.3 vs_joint=1.19 ...
 and, under --out (default results/bench), `bench.jsonl` (the rows) and `bench.md` (the tables the
-README shows). What is measured and how: cggmlib/bench.py; the suites: cggmlib/bench_suites.py.
+README shows). What is measured and how: cggmlib/bench/runner.py; the suites: cggmlib/bench/suites.py.
 """
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import torch
 
-    from .. import bench_suites as S
+    from ..bench import suites as S
     from ..config import resolve_device
-    from ..runs import atomic_write_text
+    from ..files import atomic_write_text
 
     unknown = sorted(set(args.suite) - set(S.SUITES))
     if unknown:
@@ -105,7 +105,7 @@ def machine_load() -> str:
 
 def markdown(rows: list[dict], load: str = "") -> str:
     """The tables: per-strategy ratios, cost against modalities and batch size, Food-101 cache speed-up."""
-    from ..bench_suites import fit_line
+    from ..bench.suites import fit_line
 
     out = ["# cggm bench\n\nMedians of alternated steps" + (f"; {load} at the end of the run" if load else "") + ".\n"]
     strat = [r for r in rows if r.get("suite") == "strategies"]

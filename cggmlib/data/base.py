@@ -285,7 +285,7 @@ def disk_errors(path):
     (a full disk, also when a library wraps it: "disk full while writing <path>: free space and rerun");
     cggmlib errors pass through."""
     from ..errors import CGGMError, ResultsError
-    from ..runs import _describe_os_error
+    from ..files import describe_os_error
 
     try:
         yield
@@ -295,7 +295,7 @@ def disk_errors(path):
         cause = err if isinstance(err, OSError) else disk_full(err)
         if cause is None:
             raise
-        raise ResultsError(_describe_os_error(cause.filename or path, cause)) from err
+        raise ResultsError(describe_os_error(cause.filename or path, cause)) from err
 
 
 @contextlib.contextmanager

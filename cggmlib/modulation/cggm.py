@@ -95,7 +95,7 @@ class CGGM(Strategy):
     """dtype of ε and B: released (float64 accuracies, float32 Dice) | float32. None: per variant"""
     overlap: bool | None = None
     """run the classifiers concurrently with the main backward (worker thread; side stream on CUDA);
-    None: off until `python -m cggmlib.gpu_check` has verified it on a GPU (docs/performance.md;
+    None: off until `python -m cggmlib.bench.gpu_check` has verified it on a GPU (docs/performance.md;
     `overlap.VERIFIED`); True on CPU uses a second core. Official variant only"""
 
     min_modalities = 2

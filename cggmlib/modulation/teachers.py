@@ -96,7 +96,7 @@ def teacher_folder(model, data, cache_dir, **settings) -> Path:
 
 def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, preset: str) -> dict:
     """Train a copy of `model` on `modality` alone; return {encoder, head, metrics, best_epoch} states."""
-    from ..checkpoint import rng_state, set_rng_state
+    from ..training.checkpoint import rng_state, set_rng_state
     from ..config import CUSTOM, Config
     from ..data import DATASETS
     from ..train import train
@@ -122,7 +122,7 @@ def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, 
 def unimodal_teachers(model, data, *, epochs: int | None = None, seed: int = 0, preset: str = "smoke",
                       cache_dir=None) -> dict[str, Teacher]:
     """{m: Teacher} for every modality of `model`, loaded from the cache or trained and cached."""
-    from ..runs import atomic_torch_save
+    from ..files import atomic_torch_save
 
     if not hasattr(data, "train"):
         raise ConfigError("umt/ume need the Data in setup(model, data): their unimodal teachers are trained on "
