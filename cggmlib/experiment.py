@@ -8,18 +8,19 @@ import os
 from pathlib import Path
 
 from .analysis.classifiers import evaluate_classifiers
-from .training.checkpoint import Checkpointer
 from .config import config_diff, stored_key
 from .data import load_data
 from .errors import ConfigError, ResultsError
+from .files import atomic_write_json, ensure_writable
 from .models import build_model
 from .modulation import make_strategy
-from .training.distributed import is_main_process
-from .files import atomic_write_json, ensure_writable
+from .options import coerce, dataclass_options, unknown_message
 from .runs.folder import load_run, save_run, seed_everything
 from .runs.lock import move_aside, run_folder_lock
-from .training.protocol import TrainResult
 from .train import train
+from .training.checkpoint import Checkpointer
+from .training.distributed import is_main_process
+from .training.protocol import TrainResult
 from .training.trace import Trace
 
 
@@ -101,8 +102,6 @@ def _train(cfg, out, resume: bool, progress: bool) -> TrainResult:
 def task_with(task, options: dict):
     """A copy of `task` with some of its dataclass fields changed, typed as the fields declare (text
     from the command line is parsed: `smooth_numerator=yes`); an unknown name is a ConfigError."""
-    from .options import coerce, dataclass_options, unknown_message
-
     known = {name: o for name, o in dataclass_options(type(task)).items()
              if next(f for f in dataclasses.fields(task) if f.name == name).init}
     for name in options:

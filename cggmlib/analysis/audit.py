@@ -12,6 +12,8 @@ import math
 import pandas as pd
 import torch
 
+from ..training.trace import Trace
+
 #: the official code's parameter selection for the magnitude step (src/foodtrain.py, copied into src/segtrain.py)
 OFFICIAL_SUBSTRINGS = ("vision_encoder", "text_encoder")
 
@@ -159,8 +161,6 @@ def fixes(runs: pd.DataFrame) -> pd.DataFrame:
 def variants(runs: pd.DataFrame) -> pd.DataFrame:
     """The audit runs side by side: test metric at the selected epoch, the number the official script
     would print, and the coefficient's explosions from each trace."""
-    from ..training.trace import Trace
-
     rows = []
     for r in runs[runs["done"] & runs["label"].isin(VARIANT_NAMES)].itertuples():
         m = r.metrics

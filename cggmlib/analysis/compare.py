@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import stats
 from ..config import Config
+from ..data import load_data
 from ..errors import CGGMError
 from ..experiment import run_experiment
 from ..modulation import STRATEGIES
+from . import stats
 
 #: the CGGM variants shown beside the baselines: label -> strategy options
 CGGM_VARIANTS = {"cggm": {}, "cggm+guard": {"guard": True}, "cggm-paper": {"variant": "paper"},
@@ -47,7 +48,6 @@ def compare(datasets, seeds: int = 3, names=None, epochs: int | None = None, res
     rows = []
     for dataset in datasets:
         probe = Config(dataset=dataset, preset=preset, data_root=data_root, epochs=epochs)
-        from ..data import load_data
 
         modalities = load_data(dataset, data_root, batch_size=probe.batch_size).modalities
         per_seed: dict[str, dict[int, dict]] = {}

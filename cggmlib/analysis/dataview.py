@@ -12,8 +12,10 @@ import pandas as pd
 
 from ..data import DATASETS
 from ..data.base import card
+from ..data.standins import STANDINS, folder_state, write_standin
 from ..errors import DataError
 from ..files import atomic_write_json
+from ..runs.checksums import listing_fingerprint
 
 
 def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: dict | None = None,
@@ -26,8 +28,6 @@ def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: 
     The stand-in is written into a temporary sibling folder and renamed into place, under a lock: a
     second `reproduce` on the same data root waits for the first and then uses its stand-in.
     """
-    from ..data.standins import STANDINS, folder_state, write_standin
-
     folder = Path(data_root) / dataset
     state = folder_state(folder, dataset) if dataset in STANDINS else ("present" if folder.is_dir() else "absent")
     if state in ("absent", "empty"):
@@ -74,8 +74,6 @@ def label_table(data) -> pd.DataFrame:
 def summary(data, report=None, data_root=None) -> dict:
     """What Table 1 and the index need: task, modalities, input shapes, sizes, stand-in or real, checks,
     and (with `data_root`) the fingerprint of the file listing, so an unchanged dataset is not re-prepared."""
-    from ..repro.worker import listing_fingerprint
-
     return {"fingerprint": listing_fingerprint(data.name, data_root) if data_root is not None else None,"dataset": data.name, "task": data.task.kind, "modalities": list(data.input_dims),
             "input_dims": {m: list(d) if isinstance(d, (tuple, list)) else d for m, d in data.input_dims.items()},
             "sizes": split_sizes(data), "standin": bool(data.standin),

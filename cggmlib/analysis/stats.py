@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats as st
 
 from ..errors import ResultsError
+from ..runs.folder import load_run
 
 
 def aggregate(values, confidence: float = 0.95) -> dict:
@@ -70,8 +71,6 @@ def collect(results, profile: str | None = None) -> pd.DataFrame:
     print; bookkeeping (best_epoch, epochs_run, skipped_steps) is left out. Folders without
     metrics.json (unfinished runs) are skipped.
     """
-    from ..runs.folder import load_run
-
     root = Path(results)
     pattern = f"{profile or '*'}/*/*/seed*/metrics.json"
     rows = []

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..files import atomic_write_text
+from ..modulation import strategy_class
+from ..presets import model_kwargs
 from ..repro import ledger as L
 from ..repro.pipeline import MODALITIES, not_applicable
-from ..files import atomic_write_text
-from .stats import aggregate
+from .stats import aggregate, paired_difference
 
 METHOD_NAMES = {"joint": "Baseline (joint training)", "mrd": "MRD", "mslr": "MSLR", "gblending": "G-Blending",
                 "greedy": "Greedy", "ogm": "OGM", "ogm_ge": "OGM-GE", "agm": "AGM", "pmr": "PMR", "umt": "UMT",
@@ -156,8 +158,6 @@ def table6(runs: pd.DataFrame, ledger: pd.DataFrame, dataset: str = "iemocap") -
 
 def sweep(runs: pd.DataFrame, specs: dict, metrics=("acc", "f1")) -> pd.DataFrame:
     """Fig. 5: improvement over joint training, paired by seed: {param: {value: label}} -> long frame."""
-    from .stats import paired_difference
-
     base = runs[(runs["label"] == "joint") & runs["done"]]
     rows = []
     for param, values in specs.items():
@@ -179,9 +179,6 @@ def table7(configs: dict, ledger: pd.DataFrame) -> pd.DataFrame:
     """Table 7: the hyperparameters actually used (config.json of each dataset's CGGM run, with the
     strategy's and the model preset's defaults spelled out) beside the paper's cells."""
     import dataclasses
-
-    from ..modulation import strategy_class
-    from ..presets import model_kwargs
 
     rows = [("batch size", "batch_size"), ("optimizer", "optimizer"), ("learning rate", "lr"),
             ("classifier lr", "head_lr"), ("classifier optimizer", "head_optimizer"), ("weight decay", "weight_decay"),

@@ -35,8 +35,8 @@ from ..files import atomic_write_text
 from ..models import build_model
 from ..modulation import make_strategy
 from ..train import train
-from . import runner as B
-from . import suites as S
+from . import runner as B, suites as S
+from .runner import CASES
 
 
 class Budget:
@@ -230,8 +230,6 @@ def main(argv=None) -> int:
 
 def overlap_verdict(rows, models, steps: int, device) -> dict:
     """Whether the rows verify the overlap: a pass on a CUDA GPU for every paper model over >= 50 steps."""
-    from .runner import CASES
-
     found = {r["model"]: r for r in rows if r.get("suite") == "overlap"}
     missing = sorted(set(CASES["paper"]) - set(found))
     failed = sorted(m for m, r in found.items() if r["verdict"] != "pass")

@@ -18,6 +18,8 @@ import copy
 
 import torch
 
+from ..modulation import make_strategy
+
 MB = 2**20
 NOT_ON_CPU = "not measured on CPU"
 
@@ -32,8 +34,6 @@ def optimizer_state_bytes(optimizer) -> int:
 
 def classifier_memory(model, data, strategy_kwargs: dict | None = None, device=None) -> dict:
     """Memory of CGGM's classifiers for `model` on `data` (see the module docstring); the model is copied."""
-    from ..modulation import make_strategy
-
     device = torch.device(device or next(model.parameters()).device)
     model = copy.deepcopy(model).to(device)
     batch = next(iter(data.train)).to(device)

@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import Config
-from ..data.base import Data, TensorLoader
+from ..data.base import Batch, Data, TensorLoader
 from ..models import build_model
+from ..models.base import fused_output_layer
 from ..modulation import make_strategy
 from ..modulation.classifiers import ModalityClassifiers, PooledLinear
-from ..training.optim import step_tools
 from ..tasks import Classification, Regression, Segmentation
-from ..training.trace import Trace
 from ..train import train_step
+from ..training.optim import step_tools
+from ..training.trace import Trace
 
 BRATS = ("flair", "t1ce", "t1", "t2")
 
@@ -95,8 +96,6 @@ def synthetic_case(num_modalities: int, batch_size: int = 256, dim: int = 256) -
 
 def make_batch(case: Case, device, seed: int = 0, batch_size: int | None = None):
     """Random inputs of the case's shapes and matching targets, on `device`."""
-    from ..data.base import Batch
-
     n, g = batch_size or case.batch_size, torch.Generator().manual_seed(seed)
     inputs = {m: torch.randn(n, *s, generator=g) for m, s in case.shapes.items()}
     if case.task.kind == "regression":
@@ -120,8 +119,6 @@ def pooled_classifiers(model, inputs: dict, num_outputs: int) -> dict:
     """The lighter classifier f_m: mean over positions and one Linear (`PooledLinear`) for sequences; a
     1×1 conv, ReLU and a 1×1 `out_layer` for feature maps (no decoder). Output layers keep the fused
     layer's shape, so the direction term still compares them."""
-    from ..models.base import fused_output_layer
-
     width = fused_output_layer(model).weight.shape[1]
     with torch.no_grad():
         was = model.training

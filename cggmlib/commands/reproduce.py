@@ -77,7 +77,7 @@ def _same_as(args) -> int:
 
     from ..errors import ConfigError
     from ..repro.pipeline import get_profile
-    from ..repro.worker import compare_results
+    from ..repro.verify import compare_results
 
     prof = get_profile(args.profile)
     results = Path(args.results or prof.results)

@@ -34,7 +34,13 @@ from pathlib import Path
 
 import torch
 
+from ..bench.runner import CASES, Case, Runner, live_bytes, make_batch, median_ms, peak_mb, time_steps
+from ..data.mfeat import VIEWS
+from ..errors import ConfigError
+from ..files import atomic_write_json, atomic_write_text
 from ..presets import train_kwargs
+from ..tasks import Classification
+from .pipeline import MODALITIES, REPORTS, get_profile, grid
 
 #: real training-split sizes (samples per epoch) and where they come from
 TRAIN_SIZE = {
@@ -56,10 +62,6 @@ HEADROOM = 0.9
 
 
 def cases() -> dict:
-    from ..bench.runner import CASES, Case
-    from ..data.mfeat import VIEWS
-    from ..tasks import Classification
-
     out = dict(CASES["paper"])
     out["synthetic"] = Case("synthetic", {f"m{k}": (32,) for k in range(3)}, Classification(10), 64)
     out["mfeat"] = Case("mfeat", {v: (d,) for v, d in VIEWS.items()}, Classification(10), 64)
@@ -68,8 +70,6 @@ def cases() -> dict:
 
 def rows_of_grid(profile_name: str = "paper") -> dict:
     """(dataset, row label) -> (strategy, options) for every strategy the profile trains per dataset."""
-    from .pipeline import get_profile, grid
-
     rows = {}
     for spec in grid(get_profile(profile_name)):
         label = spec.label if spec.strategy == "unimodal" else spec.strategy
@@ -97,8 +97,6 @@ def cpu_gflops(threads: int, n: int = 1024, reps: int = 5) -> float:
 
 def measure(dataset: str, strategy: str, options: dict, device, batch: int, reps: int) -> dict:
     """One row's measurement at `batch`: parameters, live and peak MiB, median ms per step."""
-    from ..bench.runner import Runner, live_bytes, make_batch, median_ms, peak_mb, time_steps
-
     case = cases()[dataset]
     runner = Runner(case, strategy, device, options, batch=make_batch(case, device, batch_size=batch))
     params = sum(p.numel() for p in runner.model.parameters())
@@ -129,8 +127,6 @@ def extra_epochs(spec) -> float:
     head (M modalities + fused) for super_epoch epochs every super_epoch epochs, (M + 1) extra epochs per
     epoch, each counted as a full epoch (an upper bound: a modality's copy trains one encoder)."""
     if spec.strategy == "gblending" and spec.strategy_kwargs.get("estimate", "copy") == "copy":
-        from .pipeline import MODALITIES
-
         return 1.0 + len(MODALITIES[spec.dataset]) + 1
     return 1.0
 
@@ -179,8 +175,6 @@ def collect(datasets=None, reps: int = 2, threads: int = 1, gpu_tflops: float = 
 
 def summarize(rows, device, threads, gflops, gpu_tflops, factor) -> dict:
     """The projection of the paper profile from the measured rows."""
-    from .pipeline import REPORTS, get_profile, grid
-
     by = {(r["dataset"], r["row"]): r for r in rows}
     paper = get_profile("paper")
     runs, items = [], {}
@@ -264,8 +258,6 @@ def _largest(row: dict) -> str:
 
 def write_files(path, result: dict) -> None:
     """PATH (the Markdown) and PATH with .json (every measured row and projected run)."""
-    from ..files import atomic_write_json, atomic_write_text
-
     atomic_write_text(Path(path), markdown(result))
     atomic_write_json(Path(path).with_suffix(".json"), result)
 
@@ -281,7 +273,6 @@ def main(argv=None) -> int:
     p.add_argument("--rows-from", default=None, metavar="JSON",
                    help="re-project the rows measured in an earlier run's JSON (e.g. docs/cost.json), measuring nothing")
     args = p.parse_args(argv)
-    from ..errors import ConfigError
 
     if args.rows_from:
         old = json.loads(Path(args.rows_from).read_text())

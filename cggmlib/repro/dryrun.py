@@ -26,6 +26,8 @@ import shutil
 from pathlib import Path
 
 from ..files import atomic_write_json
+from .pipeline import grid
+from .reports import spec_status
 
 #: strategy options that change values, never shapes (a run differing only in them is one shape)
 VALUE_ONLY = ("rho", "lam", "teacher_seed")
@@ -59,9 +61,6 @@ def drop_checkpoints(folder) -> list[str]:
 
 def reuse_shape(results, profile, spec) -> Path | None:
     """Copy the completed run of `spec`'s shape into `spec`'s folder (labelled); the source, or None."""
-    from .pipeline import grid
-    from .reports import spec_status
-
     if not profile.reuse_shapes:
         return None
     key = shape_key(spec)

@@ -41,6 +41,8 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+from ..runs.lock import lock_holders
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 ROOT_VAR, PIPELINE_VAR = "CGGM_RESULTS_ROOT", "CGGM_PIPELINE_PID"
 
@@ -141,7 +143,6 @@ def stale(root) -> list[dict]:
     except ImportError:
         return []
 
-    from ..runs.lock import lock_holders
 
     holders = lock_holders(root)
     out = []

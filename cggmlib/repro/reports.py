@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import stored_key  # noqa: F401 (also imported from here)
+from ..config import stored_key
 from ..errors import ResultsError
 from ..files import read_json
+from ..training.trace import Trace
 from .pipeline import ARTIFACTS, Profile, RunSpec, get_profile, grid
 
 
@@ -89,8 +90,6 @@ def artifact(runs: pd.DataFrame, name: str, label: str = "cggm") -> dict:
 
 def trace(runs: pd.DataFrame, dataset: str, label: str, seed: int | None = None) -> pd.DataFrame:
     """The trace (every row) of one completed run, the first seed unless given; ResultsError if not run."""
-    from ..training.trace import Trace
-
     sel = runs[(runs["dataset"] == dataset) & (runs["label"] == label) & runs["done"]]
     if seed is not None:
         sel = sel[sel["seed"] == seed]

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from ..data.base import ABSURD, limit_text
 from ..errors import NumericsError
 
 
@@ -76,8 +77,6 @@ def _finite(row: dict, scaler: bool) -> bool:
 def input_fault(batches, data=None) -> str | None:
     """Where the inputs are to blame, or None: the first non-finite or absurd (|x| > ABSURD) input value
     in `batches`, named by dataset file, modality and sample (index within the training split, and id)."""
-    from ..data.base import ABSURD, limit_text
-
     for batch in batches:
         for m, x in batch.inputs.items():
             if not torch.is_tensor(x) or not torch.is_floating_point(x):
