@@ -53,7 +53,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.base import fused_output_layer, modality_parameters
@@ -225,7 +224,8 @@ class CGGM(Strategy):
 
 def _cosines(fused: torch.Tensor, others) -> torch.Tensor:
     """(M,) cos_m between the fused output layer and each classifier's (stacked (M, K) or a list),
-    differentiable in `fused`; ConfigError when a classifier's layer has another size."""
+    differentiable in `fused`; ConfigError when a classifier's layer has another size (where the logged
+    `cosines` would give NaN)."""
     n = fused.numel()
     sizes = [others.shape[1]] * len(others) if torch.is_tensor(others) else [
         None if o is None else o.numel() for o in others]
@@ -233,8 +233,7 @@ def _cosines(fused: torch.Tensor, others) -> torch.Tensor:
     if bad is not False:
         raise ConfigError(f"cggm: the direction term compares the fused output layer ({n} weights) with each "
                           f"classifier's output layer (got {bad}); they must have the same shape (or set lam=0)")
-    stacked = others if torch.is_tensor(others) else torch.stack([o.flatten() for o in others])
-    return F.cosine_similarity(stacked.float(), fused.flatten().float()[None], dim=1)
+    return cosines(fused, others)
 
 
 def scaled_parameters(model, modality: str, which: str) -> list:
