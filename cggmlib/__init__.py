@@ -8,7 +8,6 @@ in one training loop with pluggable strategies.
     result = cg.train(model, cg.make_strategy(cfg.strategy, **cfg.strategy_kwargs), data, cfg)
 """
 from . import metrics, runs, tasks
-from .analysis.classifiers import evaluate_classifiers
 from .config import Config
 from .data import DATASETS, Batch, Data, load_data
 from .errors import CGGMError, ConfigError, DataError, NumericsError, ResultsError
@@ -18,7 +17,7 @@ from .options import check_parameters
 from .modulation import CGGM, STRATEGIES, Strategy, make_strategy
 from .runs import load_run, save_run, seed_everything
 from .training.trace import Trace
-from .training.protocol import TrainResult, evaluate
+from .training.protocol import TrainResult, evaluate, evaluate_classifiers
 from .train import train
 
 __version__ = "0.1.0"

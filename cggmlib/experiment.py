@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-from .analysis.classifiers import evaluate_classifiers
 from .config import config_diff, stored_key
 from .data import load_data
 from .errors import ConfigError, ResultsError
@@ -20,7 +19,7 @@ from .runs.lock import move_aside, run_folder_lock
 from .train import train
 from .training.checkpoint import Checkpointer
 from .training.distributed import is_main_process
-from .training.protocol import TrainResult
+from .training.protocol import TrainResult, evaluate_classifiers
 from .training.trace import Trace
 
 

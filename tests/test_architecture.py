@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "cggmlib"
 
@@ -87,7 +86,7 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
 def test_the_parser_sees_relative_and_function_level_imports():
     g = graph()
     assert "cggmlib.errors" in g["cggmlib.config"]  # module-level relative import
-    assert "cggmlib.data" in g["cggmlib.config"]  # function-level (Config validation)
+    assert "cggmlib.analysis.figures" in g["cggmlib.analysis.dataview"]  # function-level (seaborn loads lazily)
     assert "cggmlib.bench.suites" in g["cggmlib.bench.gpu_check"]  # `from . import suites as S`: a submodule by name
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
@@ -98,11 +97,42 @@ def test_no_import_cycle():
                           "see docs/architecture.md)"
 
 
-def test_no_private_name_imported_from_another_module():
-    bad = [f"{MODULES[name].relative_to(ROOT.parent)}:{line} imports {n} from {target}"
-           for name, path in MODULES.items() for target, names, line in imports(name, path)
-           for n in names or () if n.startswith("_") and not n.startswith("__") and target != name]
+def private_uses(name: str, path: Path):
+    """(line, text) of each `_private` name of another cggmlib module used in `path`: imported by name
+    (`from .x import _y`) or read through the module (`from . import x as X` ... `X._y`)."""
+    aliases = {}
+    for target, names, line in imports(name, path):
+        for n in names or ():
+            if n.startswith("_") and not n.startswith("__") and target != name:
+                yield line, f"imports {n} from {target}"
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("cggmlib")):
+            target = next(t for t, _, line in imports(name, path) if line == node.lineno)
+            for a in node.names:
+                if f"{target}.{a.name}" in MODULES:
+                    aliases[a.asname or a.name] = f"{target}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in MODULES and a.asname:
+                    aliases[a.asname] = a.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            yield node.lineno, f"reads {node.value.id}.{node.attr} of {aliases[node.value.id]}"
+
+
+def test_no_private_name_used_by_another_module():
+    bad = [f"{MODULES[name].relative_to(ROOT.parent)}:{line} {what}"
+           for name, path in MODULES.items() for line, what in private_uses(name, path)]
     assert not bad, "private names used outside their module (make them public or move them):\n" + "\n".join(bad)
+
+
+def test_the_private_name_check_sees_module_aliases(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("from . import runner as B\nfrom .suites import _hidden\nB._sync(0)\n")
+    found = [what for _, what in private_uses("cggmlib.bench.x", src)]
+    assert found == ["imports _hidden from cggmlib.bench.suites", "reads B._sync of cggmlib.bench.runner"]
 
 
 def test_only_the_top_level_package_is_the_api_facade():
@@ -112,3 +142,50 @@ def test_only_the_top_level_package_is_the_api_facade():
            for target, names, line in imports(name, path)
            if target == "cggmlib" and (names is None or any(f"cggmlib.{n}" not in MODULES for n in names))]
     assert not bad, "modules importing the top-level cggmlib package:\n" + "\n".join(bad)
+
+
+#: the layers, lowest first (docs/architecture.md); a module may import its own layer and those below
+LAYERS = [
+    ("foundation", ("cggmlib.errors", "cggmlib.files", "cggmlib.metrics", "cggmlib.tasks", "cggmlib.presets",
+                    "cggmlib.device")),
+    ("domain", ("cggmlib.options", "cggmlib.config", "cggmlib.data", "cggmlib.models", "cggmlib.modulation")),
+    ("run folders", ("cggmlib.runs",)),
+    ("training", ("cggmlib.training", "cggmlib.train", "cggmlib.experiment")),
+    ("reading and reproducing", ("cggmlib.analysis", "cggmlib.bench", "cggmlib.repro", "cggmlib.fidelity")),
+    ("command line", ("cggmlib.commands", "cggmlib.__main__")),
+]
+#: the imports that reach up a layer, each for a reason (anything new here needs one in docs/architecture.md)
+UPWARD = {
+    ("cggmlib.modulation.classifiers", "cggmlib.training"),  # CGGM's heads average across processes
+    ("cggmlib.modulation.classifiers", "cggmlib.training.distributed"),
+    ("cggmlib.modulation.teachers", "cggmlib.train"),  # UMT/UME train their unimodal teachers with the loop
+    ("cggmlib.modulation.teachers", "cggmlib.training"),
+    ("cggmlib.modulation.teachers", "cggmlib.training.checkpoint"),  # ... seeded like a run (rng_state)
+    ("cggmlib.data.brats_cache", "cggmlib.repro"),  # preprocessing workers end with their parent process
+    ("cggmlib.data.brats_cache", "cggmlib.repro.processes"),
+}
+
+
+def layer(module: str) -> int:
+    return next(k for k, (_, prefixes) in enumerate(LAYERS)
+                if any(module == p or module.startswith(p + ".") for p in prefixes))
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if m != "cggmlib" and not any(
+        m == p or m.startswith(p + ".") for _, prefixes in LAYERS for p in prefixes)] == []
+
+
+def upward(g: dict[str, set[str]]) -> list[str]:
+    return [f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})"
+            for m in sorted(g) if m != "cggmlib" for t in sorted(g[m]) if layer(t) > layer(m) and (m, t) not in UPWARD]
+
+
+def test_the_layer_check_flags_run_folders_importing_the_loop():
+    assert upward({"cggmlib.runs.folder": {"cggmlib.training.trace", "cggmlib.files"}}) == [
+        "cggmlib.runs.folder (run folders) imports cggmlib.training.trace (training)"]
+
+
+def test_imports_point_down_the_layers():
+    bad = upward(graph())
+    assert not bad, "imports reaching up a layer (move the code down, or see docs/architecture.md):\n" + "\n".join(bad)

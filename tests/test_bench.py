@@ -10,7 +10,7 @@ import torch
 import cggmlib as cg
 from cggmlib.bench import runner as B
 from cggmlib.bench.suites import _row, fit_line
-from cggmlib.commands.bench import line
+from cggmlib.bench.report import line
 
 
 def test_cli_writes_one_parsable_line_per_measurement_and_the_tables(tmp_path):

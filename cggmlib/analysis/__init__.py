@@ -1,3 +1,3 @@
-"""Reading trained runs: per-modality classifiers (`classifiers`), statistics (`stats`), tables and figures
-(`tables`, `figures`), gradient directions (`gradients`), the audit of the released code (`audit`),
-strategy comparisons (`compare`) and dataset views (`dataview`)."""
+"""Reading trained runs: statistics (`stats`), tables and figures (`tables`, `figures`), gradient
+directions (`gradients`), the audit of the released code (`audit`), strategy comparisons (`compare`)
+and dataset views (`dataview`)."""

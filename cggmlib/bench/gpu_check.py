@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 
-from ..commands.bench import line, markdown
 from ..config import Config
 from ..files import atomic_write_text
 from ..models import build_model
 from ..modulation import make_strategy
 from ..train import train
-from . import runner as B, suites as S
+from . import runner as B
+from . import suites as S
+from .report import line, markdown
 from .runner import CASES
 
 

@@ -1,7 +1,7 @@
 """The reproduction pipeline: profiles, the runs every paper figure and table needs, and the notebook steps.
 
-`cggm reproduce --profile smoke|paper|colab` (cggmlib/repro/jobs.py executes what this module plans) runs
-the notebooks in dependency order: data preparation (01_data_*), the worker grid (10_train, one run
+`cggm reproduce --profile smoke|paper|colab` (cggmlib/repro/jobs.py and steps.py execute what this module
+plans) runs the notebooks in dependency order: data preparation (01_data_*), the worker grid (10_train, one run
 each), then the reports (20–70) that read results/ and never train. Every report names the run
 groups it reads; a group is a set of `RunSpec`s (dataset, strategy, variant, hyperparameters, seed).
 

@@ -1,5 +1,6 @@
 """The evaluation protocol: pick the epoch on validation, report its test metrics, and record,
-clearly labelled, the number the official code would have printed."""
+clearly labelled, the number the official code would have printed; after training, what each
+modality's encoder learned on its own (`evaluate_classifiers`)."""
 from __future__ import annotations
 
 import math
@@ -73,6 +74,28 @@ def evaluate(model, loader, task, device=None, strategy=None, max_batches: int =
         meter.update(pred, batch.target, batch.meta)
     model.train(was_training)
     return meter.compute() | {"loss": float(total) / max(n, 1)}
+
+
+@torch.no_grad()
+def evaluate_classifiers(model, strategy, loader, task, device=None) -> dict[str, dict[str, float]]:
+    """Metrics of each per-modality classifier f_m on held-out data: {modality: {metric: value}}.
+
+    f_m reads the frozen encoder m, so this measures what encoder m can do on its own (Table 5 of
+    the paper reports it for IEMOCAP under unimodal, joint and CGGM training).
+    """
+    if getattr(strategy, "classifiers", None) is None:
+        raise ValueError("this strategy trained no per-modality classifiers; use observe=True (joint) or cggm")
+    device = device or next(model.parameters()).device
+    model.eval()
+    strategy.classifiers.eval()
+    meters = {m: task.new_meter() for m in strategy.classifiers.heads}
+    for batch in loader:
+        batch = batch.to(device)
+        preds = strategy.classifiers(model(batch.inputs).features)
+        for m, z in preds.items():
+            meters[m].update(z, batch.target, batch.meta)
+    strategy.classifiers.train()
+    return {m: meter.compute() for m, meter in meters.items()}
 
 
 def improved(value, best, higher_is_better: bool) -> bool:
