@@ -18,7 +18,17 @@ import math
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..analysis import stats
+from ..analysis.compare import methods
+from ..config import Config
+from ..data import load_data
+from ..errors import ConfigError, ResultsError
+from ..experiment import run_experiment
+from ..models import build_model
+from ..modulation import make_strategy
+from ..modulation.coefficients import balance_coefficients, guarded_balance_coefficients
+from ..runs.folder import load_run
+from .pipeline import STUDY_DATASETS as DATASETS, get_profile, grid
 
 
 @torch.no_grad()
@@ -65,12 +75,6 @@ def load_trained(run_dir, data_root: str | None = None):
     """(model with the validation-selected weights, data) of a completed run folder (best.pt)."""
     from pathlib import Path
 
-    from ..config import Config
-    from ..data import load_data
-    from ..errors import ResultsError
-    from ..models import build_model
-    from ..runs.folder import load_run
-
     d = Path(run_dir)
     cfg = Config.from_dict(load_run(d)["config"] | {"device": "cpu"})
     if not (d / "best.pt").exists():
@@ -84,8 +88,6 @@ def load_trained(run_dir, data_root: str | None = None):
 
 def probe_run(run_dir, modalities=None, data_root: str | None = None) -> dict:
     """{"acc": fused test metric, "probe": {m: held-out utilisation}} of a completed run folder."""
-    from ..runs.folder import load_run
-
     metrics = load_run(run_dir)["metrics"]
     model, data = load_trained(run_dir, data_root)
     return {"acc": metrics.get("acc"), "standin": bool(metrics.get("standin", False)),
@@ -122,8 +124,6 @@ def summary(long: "pd.DataFrame", reference: str = "joint") -> "pd.DataFrame":
     probe's paired difference to `reference` on the same seeds with its interval; the fused test
     accuracy likewise (modality "fused")."""
     import pandas as pd
-
-    from ..analysis import stats
 
     out = []
     fused = long.drop_duplicates(["dataset", "method", "seed"]).assign(modality="fused", probe=lambda f: f["acc"],
@@ -169,7 +169,6 @@ def gap_figure(table: "pd.DataFrame", notes: dict | None = None):
     return fig
 
 
-from .pipeline import STUDY_DATASETS as DATASETS  # noqa: E402  name -> (dataset, data options)
 #: the strategies of the smoke-sized study (the paper profile runs every registered strategy)
 SMOKE_METHODS = ("joint", "cggm")
 
@@ -188,11 +187,6 @@ def runs(datasets=tuple(DATASETS), seeds: int = 5, names=None, epochs: int | Non
     `log`: called with one line per run (None: silent). `only`: keep just these method names (e.g. ("joint", "cggm", "cggm+guard", "unimodal:m1")).
     """
     from pathlib import Path
-
-    from ..analysis.compare import methods
-    from ..config import Config
-    from ..data import load_data
-    from ..experiment import run_experiment
 
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"study: seeds must be an integer >= 1 (the number of seeds, 0..seeds-1), got {seeds!r}")
@@ -232,8 +226,6 @@ def method_name(strategy: str, options: dict) -> str:
 
 def pipeline_runs(results, profile) -> list[dict]:
     """The completed runs of the pipeline's `study` group: [{dataset, method, seed, path}] for `frame`."""
-    from .pipeline import get_profile, grid
-
     profile = get_profile(profile) if isinstance(profile, str) else profile
     names = {(d, tuple(sorted(o.items()))): name for name, (d, o) in DATASETS.items()}
     out = []
@@ -264,7 +256,6 @@ def batch_noise(heads: dict, features: dict, target, batch_size: int = 64, draws
     (`balance/`) and the guarded one (`guarded/`). Nothing is trained, so every spread is sampling noise."""
     import pandas as pd
 
-    from ..modulation.coefficients import balance_coefficients, guarded_balance_coefficients
 
     target = torch.as_tensor(np.asarray(target))
     feats = {m: torch.as_tensor(np.asarray(f), dtype=torch.float32) for m, f in features.items()}
@@ -288,8 +279,6 @@ def batch_noise(heads: dict, features: dict, target, batch_size: int = 64, draws
 
 def with_guarded(trace: "pd.DataFrame", modalities) -> "pd.DataFrame":
     """The training trace's steps with `guarded/<m>` recomputed from its logged Δε (whatever the run used)."""
-    from ..modulation.coefficients import guarded_balance_coefficients
-
     steps = trace.dropna(subset=[f"delta/{m}" for m in modalities]).copy()
     delta = torch.tensor(steps[[f"delta/{m}" for m in modalities]].to_numpy(dtype=float))
     guarded = torch.stack([guarded_balance_coefficients(d) for d in delta]) if len(delta) else delta
@@ -322,11 +311,6 @@ def noise_of_run(run_dir, batch_size: int | None = None, draws: int = 200, seed:
     """`noise_fraction` of a completed CGGM run: its selected encoders and classifiers f_m, fixed, against
     its own trace (train split; `batch_size` None: the run's)."""
     from pathlib import Path
-
-    from ..config import Config
-    from ..errors import ResultsError
-    from ..modulation import make_strategy
-    from ..runs.folder import load_run
 
     run = load_run(run_dir)
     cfg = Config.from_dict(run["config"] | {"device": "cpu"})
