@@ -9,7 +9,7 @@ import torch
 
 import cggmlib as cg
 from cggmlib.bench import runner as B
-from cggmlib.bench.suites import _row, fit_line
+from cggmlib.bench.suites import fit_line, result_row
 from cggmlib.bench.report import line
 
 
@@ -36,7 +36,7 @@ def test_cli_writes_one_parsable_line_per_measurement_and_the_tables(tmp_path):
 
 def test_ratios_are_computed_from_medians():
     times = {"joint": [0.10, 0.30, 0.11], "arm": [0.15, 0.16, 0.9], "heads": [0.04, 0.05, 0.06]}
-    row = _row("m", "smoke", "cpu", 8, "cggm", "official", times, heads_key="heads", peaks={"joint": 10.0, "arm": 12.5})
+    row = result_row("m", "smoke", "cpu", 8, "cggm", "official", times, heads_key="heads", peaks={"joint": 10.0, "arm": 12.5})
     assert row["step_ms"] == pytest.approx(160) and row["joint_ms"] == pytest.approx(110)
     # per-repetition pairs: ratios 1.5, 0.53, 8.2 and differences 50, −140, 790 ms
     assert row["vs_joint"] == pytest.approx(1.5)

@@ -155,7 +155,7 @@ def test_data_checksums_cover_the_files_and_are_cached(tmp_path, monkeypatch):
 
 
 def test_the_run_lock_keeps_a_second_process_out(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cggmlib.repro.worker import claim; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cggmlib.runs.lock import claim; "
                                f"claim({str(tmp_path)!r}); print('held', flush=True); time.sleep(20)"],
                               stdout=subprocess.PIPE, text=True)
     try:
