@@ -69,8 +69,8 @@ def test_local_submitit_jobs_run_resubmit_a_cancelled_job_attach_to_a_running_on
     ctx = steps.Context(CI, results, results / CI.name / "data", steps.notebooks_folder(), 1)
     runner = slurm.SlurmRunner(ctx, ["partition=ignored_by_the_local_executor"], cluster="local", poll_s=0.5,
                                log=lines.append)
-    steps = {s.name: s for s in pipeline.plan(CI, ["mfeat"])}
-    fou, cggm = steps["10_train:mfeat/unimodal.fou/seed0"], steps["10_train:mfeat/cggm/seed0"]
+    planned = {s.name: s for s in pipeline.plan(CI, ["mfeat"])}
+    fou, cggm = planned["10_train:mfeat/unimodal.fou/seed0"], planned["10_train:mfeat/cggm/seed0"]
 
     # a job cancelled while it runs (submitit's LocalJob.cancel: SIGINT to the job) leaves no result
     [(_, killed)] = runner.submit([fou], slurm.CPU_JOB, "worker")

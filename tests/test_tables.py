@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from cggmlib.repro import ledger
+from cggmlib.repro import ledger as L
 from cggmlib.analysis import tables
 
 

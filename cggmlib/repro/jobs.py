@@ -87,7 +87,6 @@ def check_ledger(path: str, root: Path) -> dict:
 
 
 def read_summary(results, profile: str) -> dict | None:
-    path = Path(results) / profile / "pipeline.json"
     return read_json(Path(results) / profile / "pipeline.json")
 
 

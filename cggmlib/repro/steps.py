@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 from .. import errors
-from ..errors import CGGMError
+from ..errors import CGGMError, ConfigError
 from ..files import atomic_write_json
 from ..runs.checksums import listing_fingerprint
 from ..runs.lock import move_aside
@@ -36,7 +37,7 @@ ERRORS = {name: getattr(errors, name) for name in ("ConfigError", "DataError", "
 
 def notebooks_folder(notebooks=None) -> Path:
     """The repository's notebooks/ (cggm reproduce runs from a clone: `pip install -e .`)."""
-    for candidate in [notebooks, Path(__file__).resolve().parents[1] / "notebooks", Path.cwd() / "notebooks"]:
+    for candidate in [notebooks, Path(__file__).resolve().parents[2] / "notebooks", Path.cwd() / "notebooks"]:
         if candidate and (Path(candidate) / "10_train.ipynb").is_file():
             return Path(candidate).resolve()
     raise ConfigError("cggm reproduce needs the notebooks/ folder of a clone of the companion: git clone it, "
