@@ -35,7 +35,7 @@ def prepare(dataset: str, data_root, allow_standin: bool = False, standin_size: 
             raise DataError(f"{dataset} is not in {folder}: put the real data there, point --data-root at it, or "
                             f"run the smoke profile (it writes a stand-in)", path=folder, card=card(dataset))
         write_standin(dataset, data_root, reuse=True, **(standin_size or {}))
-    report = importlib.import_module(f".data.{DATASETS[dataset]}", __package__).check(folder, full=full)
+    report = importlib.import_module(f"..data.{DATASETS[dataset]}", __package__).check(folder, full=full)
     if not report.ok:
         raise DataError(f"cggm doctor found {len(report.problems)} problem(s) in {folder}:\n    "
                         + "\n    ".join(report.problems), path=folder, card=card(dataset))
