@@ -1,5 +1,6 @@
-"""The package's import graph: no cycles, no private names across modules, no module importing the
-top-level `cggmlib` package (docs/architecture.md).
+"""The package's import graph (docs/architecture.md): no cycles, imports pointing down the layers, no
+private names across modules, no module importing the top-level `cggmlib` package, and dynamic imports
+(`importlib.import_module`) naming packages that exist.
 
 Every module under cggmlib/ is parsed (never imported); every import of a cggmlib module counts,
 function-level and relative ones included. Importing `cggmlib.a.b.c` from outside `cggmlib.a` runs
@@ -189,3 +190,35 @@ def test_the_layer_check_flags_run_folders_importing_the_loop():
 def test_imports_point_down_the_layers():
     bad = upward(graph())
     assert not bad, "imports reaching up a layer (move the code down, or see docs/architecture.md):\n" + "\n".join(bad)
+
+
+def dynamic_imports(name: str, path: Path):
+    """(line, package) of each `importlib.import_module(...)` whose text names a cggmlib package: the part
+    before the first `{` of an f-string, resolved against `__package__` / `__name__` when relative."""
+    package = name if name in PACKAGES else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+                and node.args):
+            continue
+        arg = node.args[0]
+        text = arg.value if isinstance(arg, ast.Constant) else "".join(
+            v.value for v in (arg.values[:1] if isinstance(arg, ast.JoinedStr) else []) if isinstance(v, ast.Constant))
+        if not isinstance(text, str) or not (text.startswith(".") or text.startswith("cggmlib")):
+            continue
+        if text.startswith("."):
+            level = len(text) - len(text.lstrip("."))
+            base = package.split(".")
+            text = ".".join(base[:len(base) - level + 1]) + "." + text[level:]
+        yield node.lineno, text.rpartition(".")[0]
+
+
+def test_dynamic_imports_name_packages_that_exist():
+    bad = [f"{MODULES[name].relative_to(ROOT.parent)}:{line} imports from {pkg}, which does not exist"
+           for name, path in MODULES.items() for line, pkg in dynamic_imports(name, path) if pkg not in PACKAGES]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_dynamic_import_check_resolves_relative_names(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text('import importlib\nimportlib.import_module(f".data.{name}", __package__)\n')
+    assert list(dynamic_imports("cggmlib.analysis.dataview", src)) == [(2, "cggmlib.analysis.data")]
