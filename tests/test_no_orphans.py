@@ -109,7 +109,7 @@ POOL = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing as mp
-sys.path.insert(0, {root!r} + "/cggmlib")  # processes.py alone: no torch import, a fast test
+sys.path.insert(0, {root!r} + "/cggmlib/repro")  # processes.py alone: no torch import, a fast test
 import processes
 with ProcessPoolExecutor(2, mp_context=mp.get_context({method!r}), initializer=processes.die_with_parent,
                          initargs=(os.getpid(),)) as pool:

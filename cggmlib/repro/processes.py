@@ -41,8 +41,6 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from ..runs.lock import lock_holders
-
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 ROOT_VAR, PIPELINE_VAR = "CGGM_RESULTS_ROOT", "CGGM_PIPELINE_PID"
 
@@ -142,7 +140,7 @@ def stale(root) -> list[dict]:
         import psutil  # installed with ipykernel, which the pipeline needs
     except ImportError:
         return []
-
+    from ..runs.lock import lock_holders  # here, so this file also loads alone (no torch): tests/test_no_orphans.py
 
     holders = lock_holders(root)
     out = []
