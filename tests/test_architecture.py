@@ -222,3 +222,18 @@ def test_the_dynamic_import_check_resolves_relative_names(tmp_path):
     src = tmp_path / "m.py"
     src.write_text('import importlib\nimportlib.import_module(f".data.{name}", __package__)\n')
     assert list(dynamic_imports("cggmlib.analysis.dataview", src)) == [(2, "cggmlib.analysis.data")]
+
+
+def test_names_come_from_the_module_that_defines_them():
+    """Only package `__init__` files re-export: inside cggmlib, `from .x import name` needs `name` defined in
+    x, not merely imported there (`from ..files import atomic_write_json`, never `from ..runs import` it
+    through a module)."""
+    def imported_at_top(path):
+        return {a.asname or a.name.split(".")[0] for n in ast.parse(path.read_text()).body
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+
+    bad = [f"{MODULES[name].relative_to(ROOT.parent)}:{line} imports {n} from {target}, which only imports it"
+           for name, path in MODULES.items() for target, names, line in imports(name, path)
+           if target in MODULES and target not in PACKAGES
+           for n in names or () if n in imported_at_top(MODULES[target])]
+    assert not bad, "\n".join(bad)
