@@ -8,7 +8,6 @@ in one training loop with pluggable strategies.
     result = cg.train(model, cg.make_strategy(cfg.strategy, **cfg.strategy_kwargs), data, cfg)
 """
 from . import metrics, runs, tasks
-from .analysis import evaluate_classifiers
 from .config import Config
 from .data import DATASETS, Batch, Data, load_data
 from .errors import CGGMError, ConfigError, DataError, NumericsError, ResultsError
@@ -17,8 +16,8 @@ from .models import MODELS, MultimodalModel, Output, build_model
 from .options import check_parameters
 from .modulation import CGGM, STRATEGIES, Strategy, make_strategy
 from .runs import load_run, save_run, seed_everything
-from .trace import Trace
-from .protocol import TrainResult, evaluate
+from .training.trace import Trace
+from .training.protocol import TrainResult, evaluate, evaluate_classifiers
 from .train import train
 
 __version__ = "0.1.0"
@@ -28,7 +27,7 @@ def __getattr__(name):  # figures import seaborn/matplotlib (seconds): load them
     if name == "figures":
         import importlib
 
-        return importlib.import_module(".figures", __name__)
+        return importlib.import_module(".analysis.figures", __name__)
     raise AttributeError(f"module 'cggmlib' has no attribute {name!r}")
 
 __all__ = ["Batch", "CGGM", "CGGMError", "Config", "ConfigError", "DATASETS", "Data", "DataError", "MODELS",

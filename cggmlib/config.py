@@ -13,13 +13,18 @@ from pathlib import Path
 
 import torch
 
+from .data import DATASETS
 from .errors import ConfigError
+from .models import model_options
+from .modulation import STRATEGIES, strategy_class, strategy_defaults
+from .options import check_options, data_options, dataclass_options
+from .presets import PRESETS, train_kwargs
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "cosine")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 NONFINITE = ("raise", "skip")
-LR_WARMUPS = ("linspace", "exclusive")  # cggmlib.optim.CosineWarmup
+LR_WARMUPS = ("linspace", "exclusive")  # cggmlib.training.optim.CosineWarmup
 #: dataset name for your own data: cg.train(model, strategy, my_data, Config(dataset="custom", ...))
 CUSTOM = "custom"
 CUSTOM_TRAIN = dict(batch_size=64, epochs=10, optimizer="adam", lr=1e-3, weight_decay=0.0, grad_clip=0.8,
@@ -75,10 +80,6 @@ class Config:
     """dry runs only: evaluate validation and test on this many batches; 0 (every real run): all of them"""
 
     def __post_init__(self):
-        from .data import DATASETS
-        from .modulation import STRATEGIES, strategy_class, strategy_defaults
-        from .presets import PRESETS, train_kwargs
-
         if self.dataset not in DATASETS and self.dataset != CUSTOM:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {sorted(DATASETS)}, or "
                               f"{CUSTOM!r} for your own data passed to cg.train")
@@ -103,10 +104,6 @@ class Config:
 
     def _check_options(self):
         """Strategy, data and model options: known names, declared types (cggmlib/options.py)."""
-        from .models import model_options
-        from .modulation import strategy_class
-        from .options import check_options, data_options, dataclass_options
-
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         set_("strategy_kwargs", check_options(self.strategy_kwargs, dataclass_options(strategy_class(self.strategy)),
                                               f"strategy {self.strategy!r} option"))

@@ -7,18 +7,20 @@ import json
 import os
 from pathlib import Path
 
-from .analysis import evaluate_classifiers
-from .checkpoint import Checkpointer
 from .config import config_diff, stored_key
 from .data import load_data
 from .errors import ConfigError, ResultsError
+from .files import atomic_write_json, ensure_writable
 from .models import build_model
 from .modulation import make_strategy
-from .distributed import is_main_process
-from .runs import atomic_write_json, ensure_writable, load_run, move_aside, run_folder_lock, save_run, seed_everything
-from .protocol import TrainResult
+from .options import coerce, dataclass_options, unknown_message
+from .runs.folder import load_run, save_run, seed_everything
+from .runs.lock import move_aside, run_folder_lock
 from .train import train
-from .trace import Trace
+from .training.checkpoint import Checkpointer
+from .training.distributed import is_main_process
+from .training.protocol import TrainResult, evaluate_classifiers
+from .training.trace import Trace
 
 
 def run_experiment(cfg, out_dir=None, *, resume: bool = False, skip_done: bool = False, overwrite: bool = False,
@@ -103,8 +105,6 @@ def _train(cfg, out, resume: bool, progress: bool, on_step=None) -> TrainResult:
 def task_with(task, options: dict):
     """A copy of `task` with some of its dataclass fields changed, typed as the fields declare (text
     from the command line is parsed: `smooth_numerator=yes`); an unknown name is a ConfigError."""
-    from .options import coerce, dataclass_options, unknown_message
-
     known = {name: o for name, o in dataclass_options(type(task)).items()
              if next(f for f in dataclasses.fields(task) if f.name == name).init}
     for name in options:

@@ -18,6 +18,7 @@ import difflib
 import inspect
 import os
 
+from .data import DATASETS
 from .errors import ConfigError
 
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -174,8 +175,6 @@ def check_parameters(namespace: dict) -> None:
 def data_options(dataset: str) -> dict[str, Option]:
     """The options of dataset `dataset`'s loader (its keyword parameters but batch_size and seed)."""
     import importlib
-
-    from .data import DATASETS
 
     load = importlib.import_module(f"cggmlib.data.{DATASETS[dataset]}").load
     return signature_options(load, skip=("root", "path", "batch_size", "seed"))

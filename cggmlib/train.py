@@ -1,11 +1,11 @@
 """The one training loop, `train()`, and its step `train_step()`. Every method plugs in as a Strategy;
-`evaluate()` and the epoch selection live in cggmlib/protocol.py.
+`evaluate()` and the epoch selection live in cggmlib/training/protocol.py.
 
 Order of one step (as zrguo/CGGM:src/msatrain.py): forward → loss → backward → (unscale) →
 strategy.after_backward (gradient modulation) → (average over ranks) → clip → optimizer.step.
 Nothing in a step reads a device value on the host (no GPU synchronisation): logged values stay
 tensors until the trace moves them in batches, and the non-finite check follows the trace on a GPU
-(cggmlib/finite.py). Data parallel over processes: cggmlib/distributed.py.
+(cggmlib/training/finite.py). Data parallel over processes: cggmlib/training/distributed.py.
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import time
 
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
-from . import distributed
-from .checkpoint import Checkpointer, snapshot
+from .training import distributed
+from .training.checkpoint import Checkpointer, snapshot
 from .device import device_batches
-from .optim import StepTools, build_scheduler, encoder_grad_norms, step_tools
-from .protocol import TrainResult, evaluate, improved, summarize
-from .runs import progress_bar, seed_everything
-from .trace import Trace
+from .training.optim import StepTools, build_scheduler, encoder_grad_norms, step_tools
+from .training.protocol import TrainResult, evaluate, improved, summarize
+from .runs.folder import progress_bar, seed_everything
+from .training.trace import Trace
 
 
 def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, progress: bool = True,

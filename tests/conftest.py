@@ -37,7 +37,7 @@ def leftovers(me, before: set) -> list:
     helpers of `me` itself, which end with it) and orphans anywhere carrying this session's mark."""
     import psutil
 
-    from cggmlib.processes import marked
+    from cggmlib.repro.processes import marked
 
     found = {}
     for p in me.children(recursive=True):
@@ -70,7 +70,7 @@ def no_process_outlives_the_session():
     while (left := leftovers(me, before)) and time.time() < deadline:
         time.sleep(0.25)
     if left:
-        from cggmlib.processes import describe
+        from cggmlib.repro.processes import describe
 
         lines = []
         for p in left:

@@ -1,4 +1,4 @@
-"""Mixed precision in the loop (cggmlib/optim.py `amp_setup`): bf16 autocast, fp16 with a GradScaler
+"""Mixed precision in the loop (cggmlib/training/optim.py `amp_setup`): bf16 autocast, fp16 with a GradScaler
 whose gradients are unscaled before CGGM modulates them, overflow steps skipped, classifiers in float32."""
 from contextlib import nullcontext
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import cggmlib as cg
-from cggmlib import bench as B
-from cggmlib.optim import amp_setup
+from cggmlib.bench import runner as B
+from cggmlib.training.optim import amp_setup
 
 CPU = torch.device("cpu")
 

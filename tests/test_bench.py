@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import cggmlib as cg
-from cggmlib import bench as B
-from cggmlib.bench_suites import _row, fit_line
-from cggmlib.commands.bench import line
+from cggmlib.bench import runner as B
+from cggmlib.bench.suites import fit_line, result_row
+from cggmlib.bench.report import line
 
 
 def test_cli_writes_one_parsable_line_per_measurement_and_the_tables(tmp_path):
@@ -36,7 +36,7 @@ def test_cli_writes_one_parsable_line_per_measurement_and_the_tables(tmp_path):
 
 def test_ratios_are_computed_from_medians():
     times = {"joint": [0.10, 0.30, 0.11], "arm": [0.15, 0.16, 0.9], "heads": [0.04, 0.05, 0.06]}
-    row = _row("m", "smoke", "cpu", 8, "cggm", "official", times, heads_key="heads", peaks={"joint": 10.0, "arm": 12.5})
+    row = result_row("m", "smoke", "cpu", 8, "cggm", "official", times, heads_key="heads", peaks={"joint": 10.0, "arm": 12.5})
     assert row["step_ms"] == pytest.approx(160) and row["joint_ms"] == pytest.approx(110)
     # per-repetition pairs: ratios 1.5, 0.53, 8.2 and differences 50, −140, 790 ms
     assert row["vs_joint"] == pytest.approx(1.5)
@@ -96,9 +96,9 @@ HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "nump
 
 def test_a_cggm_step_reads_nothing_on_the_host(monkeypatch):
     """On a GPU each of these would wait for the device; cggmlib's step code calls none of them."""
-    import cggmlib.optim
+    import cggmlib.training.optim
 
-    monkeypatch.setattr(cggmlib.optim, "lazy_on", lambda device, nonfinite: True)
+    monkeypatch.setattr(cggmlib.training.optim, "lazy_on", lambda device, nonfinite: True)
     runner = B.Runner(B.CASES["smoke"]["mosi"], "cggm", "cpu")
     runner.trace.flush_every = 10**9  # the trace reads its values in batches, outside the step
     calls = []
@@ -119,9 +119,9 @@ def test_a_cggm_step_reads_nothing_on_the_host(monkeypatch):
 
 
 def test_lazy_check_still_names_the_first_bad_step(monkeypatch):
-    import cggmlib.optim
+    import cggmlib.training.optim
 
-    monkeypatch.setattr(cggmlib.optim, "lazy_on", lambda device, nonfinite: nonfinite == "raise")
+    monkeypatch.setattr(cggmlib.training.optim, "lazy_on", lambda device, nonfinite: nonfinite == "raise")
     data = cg.load_data("synthetic", num_samples=300, batch_size=32)
     data.train.inputs["m1"][40:50] = float("nan")  # the second batch of the first epoch
     data.train.shuffle = False
@@ -134,8 +134,8 @@ def test_lazy_check_still_names_the_first_bad_step(monkeypatch):
 
 
 def test_prepared_gpu_script_runs_its_sections_on_cpu(tmp_path):
-    """`python -m cggmlib.gpu_check --cpu-dry-run` walks every section with the smoke sizes (no GPU here)."""
-    proc = subprocess.run([sys.executable, "-m", "cggmlib.gpu_check", "--cpu-dry-run", "--reps", "1", "--models",
+    """`python -m cggmlib.bench.gpu_check --cpu-dry-run` walks every section with the smoke sizes (no GPU here)."""
+    proc = subprocess.run([sys.executable, "-m", "cggmlib.bench.gpu_check", "--cpu-dry-run", "--reps", "1", "--models",
                            "mosi", "--strategies", "ogm", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -193,7 +193,7 @@ def test_released_suite_refuses_a_model_it_does_not_time(tmp_path):
 
 
 def test_transcribed_released_step_trains_with_the_sizes_of_our_model():
-    from cggmlib.bench_released import ReleasedStep, released_sizes
+    from cggmlib.bench.released import ReleasedStep, released_sizes
 
     case = B.CASES["smoke"]["mosi"]
     ours = B.Runner(case, "joint", "cpu")

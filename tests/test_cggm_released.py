@@ -21,7 +21,7 @@ from cggmlib.models.msa import MSAModel, SequenceClassifier
 from cggmlib.models.unet import MultiEncoderUNet
 from cggmlib.modulation.cggm import scaled_parameters
 from cggmlib.modulation.coefficients import balance_coefficients
-from cggmlib.optim import CosineWarmup, step_tools
+from cggmlib.training.optim import CosineWarmup, step_tools
 from cggmlib.tasks import Classification, Regression, Segmentation
 from cggmlib.train import train_step
 
@@ -291,7 +291,7 @@ def test_warmup_is_the_released_linspace_and_the_correction_reaches_base_one_ste
 def test_audit_corrections_table_pairs_each_fix_with_the_official_run():
     import pandas as pd
 
-    from cggmlib import audit
+    from cggmlib.analysis import audit
     runs = pd.DataFrame([
         dict(done=True, label="cggm", dataset="mosi", seed=0, standin=True, metrics={"selected_on": "val/mae", "mae": 1.2}),
         dict(done=True, label="cggm.fix_head", dataset="mosi", seed=0, standin=True,

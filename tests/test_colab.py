@@ -12,13 +12,13 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from cggmlib import colab
+from cggmlib.repro import colab
 
 FAKE_REPOSITORY = re.compile(r"cggm-companion/cggm-companion|github\.com/cggm-companion")
 
 
 def test_notebooks_badges_and_install_cells_are_generated_from_pyproject():
-    assert colab.out_of_sync() == [], "run `python -m cggmlib.colab --write`"
+    assert colab.out_of_sync() == [], "run `python -m cggmlib.repro.colab --write`"
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         assert nb.cells[1].source == colab.install_cell(colab.repository_url())

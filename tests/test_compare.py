@@ -5,7 +5,7 @@ import sys
 import pandas as pd
 import pytest
 
-from cggmlib.compare import compare, methods, to_markdown
+from cggmlib.analysis.compare import compare, methods, to_markdown
 
 
 def test_methods_expand_unimodal_and_cggm_variants():
@@ -31,7 +31,7 @@ def test_compare_pairs_seeds_and_reuses_completed_runs(tmp_path):
 
 
 def test_a_method_undefined_for_the_task_gets_an_na_row_with_the_reason():
-    from cggmlib.compare import _rows
+    from cggmlib.analysis.compare import _rows
 
     rows = _rows("mosi", {"pmr": {"error": "pmr: prototypes need class labels"}})
     assert rows == [{"dataset": "mosi", "method": "pmr", "n/a": "pmr: prototypes need class labels"}]

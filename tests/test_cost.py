@@ -1,10 +1,10 @@
-"""`python -m cggmlib.cost`: the cost table of the paper profile (measured rows, projection, 16 GB verdict)."""
+"""`python -m cggmlib.repro.cost`: the cost table of the paper profile (measured rows, projection, 16 GB verdict)."""
 import json
 
 import pytest
 import torch
 
-from cggmlib import cost
+from cggmlib.repro import cost
 from cggmlib.errors import ConfigError
 
 
@@ -29,7 +29,7 @@ def test_the_command_writes_measured_rows_and_gpu_hours(tmp_path):
     assert result["factor"] > 1 and result["total_hours"] > 0
     assert len(result["runs"]) == sum(1 for r in result["runs"] if r["dataset"] == "synthetic") > 0
     text = out.read_text()
-    assert "python -m cggmlib.cost --write docs/cost.md" in text and "| synthetic | cggm |" in text
+    assert "python -m cggmlib.repro.cost --write docs/cost.md" in text and "| synthetic | cggm |" in text
     assert "GPU time = CPU time /" in text
     again = tmp_path / "again.md"  # re-projection of the stored rows measures nothing and agrees
     assert cost.main(["--rows-from", str(out.with_suffix(".json")), "--write", str(again)]) == 0

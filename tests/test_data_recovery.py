@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import cggmlib as cg
-from cggmlib import dataview
+from cggmlib.analysis import dataview
 from cggmlib.commands import main
 from cggmlib.data import brats, food101, mosi
 from cggmlib.data.standins import MARKER, write_standin
@@ -52,7 +52,7 @@ def test_full_disk_during_the_data_step_says_so_and_a_rerun_recovers(tmp_path):
     mnt.mkdir()
     script = textwrap.dedent(f"""
         import subprocess, sys
-        from cggmlib import dataview
+        from cggmlib.analysis import dataview
         from cggmlib.errors import ResultsError
         try:
             dataview.prepare("iemocap", "{mnt}", allow_standin=True, standin_size={IEMOCAP!r})
@@ -152,7 +152,7 @@ def test_a_second_data_step_waits_for_the_first_writer_and_uses_its_standin(tmp_
     waiter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from cggmlib import dataview
+        from cggmlib.analysis import dataview
         root = Path("{tmp_path}")
         (root / "ready").write_text("")
         while not (list(root.glob(".iemocap.partial-*")) or (root / "iemocap").exists()):
@@ -164,7 +164,7 @@ def test_a_second_data_step_waits_for_the_first_writer_and_uses_its_standin(tmp_
     while not (tmp_path / "ready").exists() and time.time() < deadline:
         time.sleep(0.05)
     first = python(f"""
-        from cggmlib import dataview
+        from cggmlib.analysis import dataview
         print("FIRST", dataview.prepare("iemocap", "{tmp_path}", allow_standin=True,
                                          standin_size={{"utterances": 120}}).ok)
     """)
@@ -203,9 +203,9 @@ def test_absurd_feature_values_are_the_datas_fault_in_doctor_and_in_training(mos
 
 
 def test_lazy_non_finite_check_also_blames_the_input(mosi_root, monkeypatch):
-    import cggmlib.optim
+    import cggmlib.training.optim
 
-    monkeypatch.setattr(cggmlib.optim, "lazy_on", lambda device, nonfinite: nonfinite == "raise")
+    monkeypatch.setattr(cggmlib.training.optim, "lazy_on", lambda device, nonfinite: nonfinite == "raise")
     with pytest.warns(UserWarning):
         data = cg.load_data("mosi", mosi_root, batch_size=8)
     with pytest.raises(NumericsError, match="checked lazily") as err:

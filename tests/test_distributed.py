@@ -1,11 +1,11 @@
-"""Data parallel training (cggmlib/distributed.py): two CPU processes (gloo) keep identical replicas and
+"""Data parallel training (cggmlib/training/distributed.py): two CPU processes (gloo) keep identical replicas and
 train CGGM as one process with the same global batch; only rank 0 writes files."""
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import cggmlib as cg
-from cggmlib.distributed import all_reduce_gradients
+from cggmlib.training.distributed import all_reduce_gradients
 
 PER_RANK_BATCH, WORLD = 16, 2
 

@@ -1,4 +1,4 @@
-"""The paper profile's dry run (cggmlib/dryrun.py): step limits, the dryrun profile, labelled shape reuse,
+"""The paper profile's dry run (cggmlib/repro/dryrun.py): step limits, the dryrun profile, labelled shape reuse,
 and the worker receiving every setting of its run."""
 import dataclasses
 import json
@@ -6,12 +6,12 @@ import json
 import pytest
 
 import cggmlib as cg
-from cggmlib import jobs, pipeline
+from cggmlib.repro import pipeline, steps
 from cggmlib.data.standins import write_standin
-from cggmlib.dryrun import MARKER, shape_key
+from cggmlib.repro.dryrun import MARKER, shape_key
 from cggmlib.errors import ConfigError
 from cggmlib.presets import train_kwargs
-from cggmlib.reports import spec_status
+from cggmlib.repro.reports import spec_status
 
 
 def test_max_steps_stops_the_epoch_and_evaluation_early():
@@ -51,7 +51,7 @@ def test_the_worker_receives_every_setting_of_its_run(tmp_path):
     """The audit's corrections set other Config fields (lr_warmup, model_kwargs, task_kwargs): the worker
     must build exactly the spec's configuration (before, it dropped them and trained the official run)."""
     profile = pipeline.PROFILES["paper"]
-    ctx = jobs.Context(profile, tmp_path, tmp_path / "data", tmp_path, threads=1)
+    ctx = steps.Context(profile, tmp_path, tmp_path / "data", tmp_path, threads=1)
     fixes = [s for s in pipeline.grid(profile) if s.settings]
     assert fixes
     for spec in fixes:
@@ -70,8 +70,8 @@ def test_tiny_dry_run_trains_one_step_and_copies_the_same_shape(tmp_path, monkey
     write_standin("mosi", data_root, train=24, valid=8, test=8)
     first, second = [s for s in pipeline.grid(tiny) if s.dataset == "mosi" and s.label == "joint"][:2]
     assert shape_key(first) == shape_key(second) and first.seed != second.seed
-    ctx = jobs.Context(tiny, tmp_path / "results", data_root, jobs.notebooks_folder(), threads=1)
-    records = [jobs.run_step(ctx, pipeline.worker_step(s)) for s in (first, second)]
+    ctx = steps.Context(tiny, tmp_path / "results", data_root, steps.notebooks_folder(), threads=1)
+    records = [steps.run_step(ctx, pipeline.worker_step(s)) for s in (first, second)]
     assert [r["status"] for r in records] == ["ran", "skipped"], records
     a, b = first.path(ctx.results, tiny), second.path(ctx.results, tiny)
     config = json.loads((a / "config.json").read_text())

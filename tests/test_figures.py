@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import cggmlib as cg  # noqa: E402
-from cggmlib import audit, figures, gradients, memory  # noqa: E402
+from cggmlib.analysis import audit, figures, gradients  # noqa: E402
+from cggmlib.bench import memory  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""The overlap verification of `python -m cggmlib.gpu_check` (reduced form on the CPU) and the rule that
+"""The overlap verification of `python -m cggmlib.bench.gpu_check` (reduced form on the CPU) and the rule that
 CGGM's overlap stays off until a committed GPU report shows a pass."""
 import json
 
 import torch
 
-from cggmlib import gpu_check
+from cggmlib.bench import gpu_check
 from cggmlib.modulation import overlap
 
 REPORT = gpu_check.Path(__file__).resolve().parents[1] / "docs" / "gpu_check.json"

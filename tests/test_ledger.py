@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from cggmlib import ledger as L
+from cggmlib.repro import ledger as L
 from cggmlib.errors import ConfigError
 
 #: the known paper numbers, exactly: (table, dataset, method, metric) -> (value, single source)

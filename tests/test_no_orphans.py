@@ -16,7 +16,8 @@ import uuid
 import psutil
 import pytest
 
-from cggmlib import processes, receipts
+from cggmlib.repro import processes
+from cggmlib.runs.lock import claim, lock_holders
 from cggmlib.errors import ResultsError
 from conftest import ROOT
 
@@ -108,7 +109,7 @@ POOL = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing as mp
-sys.path.insert(0, {root!r} + "/cggmlib")  # processes.py alone: no torch import, a fast test
+sys.path.insert(0, {root!r} + "/cggmlib/repro")  # processes.py alone: no torch import, a fast test
 import processes
 with ProcessPoolExecutor(2, mp_context=mp.get_context({method!r}), initializer=processes.die_with_parent,
                          initargs=(os.getpid(),)) as pool:
@@ -145,7 +146,7 @@ def test_pool_workers_started_with_die_with_parent_end_with_their_parent(tmp_pat
 HOLDER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from cggmlib.receipts import claim
+from cggmlib.runs.lock import claim
 claim({folder!r})
 print("claimed", flush=True)
 time.sleep(120)
@@ -167,9 +168,9 @@ def test_a_lock_left_by_a_dead_process_blocks_nothing(tmp_path):
     assert (folder / ".lock").exists()  # the file stays, the lock does not
     assert json.loads((folder / ".lock.holder").read_text())["pid"] == holder.pid
     started = time.time()
-    receipts.claim(folder, timeout_s=5)
+    claim(folder, timeout_s=5)
     assert time.time() - started < 1.0
-    assert receipts.lock_holders(tmp_path) == {os.getpid(): [folder]}
+    assert lock_holders(tmp_path) == {os.getpid(): [folder]}
 
 
 def test_a_rerun_names_the_stale_process_that_holds_a_run_folder(tmp_path):
@@ -186,7 +187,7 @@ def test_a_rerun_names_the_stale_process_that_holds_a_run_folder(tmp_path):
         assert len(lines) == 1 and f"pid {holder.pid}" in lines[0] and str(folder) in lines[0] \
             and "gone" in lines[0] and f"kill {holder.pid}" in lines[0]
         with pytest.raises(ResultsError, match=f"process {holder.pid}"):
-            receipts.claim(folder, timeout_s=0.5)
+            claim(folder, timeout_s=0.5)
         assert processes.report_stale(tmp_path / "elsewhere", log=lines.append) == []
     finally:
         holder.kill()

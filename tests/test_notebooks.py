@@ -83,9 +83,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 
-from cggmlib import jobs  # noqa: E402
-from cggmlib import pipeline  # noqa: E402
-from cggmlib.pipeline import DATA_STEPS, REPORTS  # noqa: E402
+from cggmlib.repro import pipeline, steps  # noqa: E402
+from cggmlib.repro.pipeline import DATA_STEPS, REPORTS  # noqa: E402
 from cggmlib.errors import ConfigError  # noqa: E402
 
 ENV = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
@@ -177,10 +176,10 @@ def test_a_killed_pipeline_resumes_without_redoing_completed_runs(reproduced):
     killed, finished = reproduced["killed"], reproduced["finished"]
     assert len(killed) >= 3 and finished  # two jobs: at most two of the three trained runs were still running
     assert {p: p.stat().st_mtime_ns for p in killed} == killed  # no trained run was trained again
-    steps = {s["step"]: s["status"] for s in json.loads((reproduced["root"] / "pipeline.json").read_text())["steps"]}
+    status = {s["step"]: s["status"] for s in json.loads((reproduced["root"] / "pipeline.json").read_text())["steps"]}
     for p in killed:
         run = p.parent
-        assert steps[f"10_train:{run.parents[1].name}/{run.parent.name}/{run.name}"] == \
+        assert status[f"10_train:{run.parents[1].name}/{run.parent.name}/{run.name}"] == \
             ("skipped" if p in finished else "ran")
 
 
@@ -213,7 +212,7 @@ def test_render_only_verifies_run_cards_and_rechecks_the_ledger(reproduced):
 def test_bad_worker_parameters_stop_with_a_config_error(tmp_path, parameters, message):
     out = tmp_path / "run" / "10_train.ipynb"
     with pytest.raises(ConfigError, match=message) as err:
-        jobs.execute(ROOT / "notebooks" / "10_train.ipynb", out, parameters | {"out_dir": str(tmp_path / "run"), "threads": 1},
+        steps.execute(ROOT / "notebooks" / "10_train.ipynb", out, parameters | {"out_dir": str(tmp_path / "run"), "threads": 1},
                      cwd=tmp_path)
     assert "failed: ConfigError" in str(err.value)
     assert not out.exists() and (tmp_path / "run" / "10_train.failed.ipynb").exists()

@@ -10,7 +10,10 @@ import time
 import pytest
 
 import cggmlib as cg
-from cggmlib import jobs, pipeline, receipts, reports
+from cggmlib.repro import jobs, pipeline, reports, steps, worker
+from cggmlib.repro.verify import verify
+from cggmlib.runs.checksums import data_checksums
+from cggmlib.runs.lock import claim
 from cggmlib.errors import ConfigError, ResultsError
 from cggmlib.modulation import make_strategy
 
@@ -91,7 +94,7 @@ def test_plan_order_only_and_render_only():
 def ci_run(tmp_path):
     """One real run of the ci grid (synthetic, 2 epochs), trained as the worker notebook does."""
     profile = pipeline.get_profile("ci")
-    ctx = jobs.Context(profile, tmp_path / "results", tmp_path / "data", jobs.notebooks_folder(), threads=1)
+    ctx = steps.Context(profile, tmp_path / "results", tmp_path / "data", steps.notebooks_folder(), threads=1)
     spec = pipeline.find(profile, "synthetic", "cggm")
     step = pipeline.worker_step(spec)
     return profile, ctx, spec, step
@@ -101,20 +104,20 @@ def test_status_moves_from_missing_to_done_and_stale_runs_are_moved_aside(ci_run
     profile, ctx, spec, step = ci_run
     run_dir = spec.path(ctx.results, profile)
     assert reports.spec_status(spec, ctx.results, profile) == "missing"
-    jobs.prepare_run_dir(ctx, step, "missing")
+    steps.prepare_run_dir(ctx, step, "missing")
     assert reports.spec_status(spec, ctx.results, profile) == "partial"
     cfg = spec.config(profile, ctx.data_root)
-    result = receipts.train_or_load(cfg, run_dir, progress=False)
-    receipts.finish_run(run_dir, result, spec.artifacts, cache_dir=ctx.root / "datasets")
+    result = worker.train_or_load(cfg, run_dir, progress=False)
+    worker.finish_run(run_dir, result, spec.artifacts, cache_dir=ctx.root / "datasets")
     card = json.loads((run_dir / "run_card.json").read_text())
     assert card["data_receipt"].startswith("generated in memory") and card["config_key"] == cfg.key()
     assert reports.spec_status(spec, ctx.results, profile) == "partial"   # the executed notebook is missing
     (run_dir / "10_train.ipynb").write_text("{}")
     assert reports.spec_status(spec, ctx.results, profile) == "done"
     mtime = (run_dir / "metrics.json").stat().st_mtime_ns
-    again = receipts.train_or_load(cfg, run_dir, progress=False)              # loaded, not retrained
+    again = worker.train_or_load(cfg, run_dir, progress=False)              # loaded, not retrained
     assert again.metrics == result.metrics and (run_dir / "metrics.json").stat().st_mtime_ns == mtime
-    frame = receipts.verify(ctx.results, profile)
+    frame = verify(ctx.results, profile)
     row = frame[frame["run"] == "synthetic/cggm/seed0"].iloc[0]
     assert row["status"] == "ok", row["problems"]
     assert (frame["status"] == "missing").sum() == len(frame) - 1
@@ -122,7 +125,7 @@ def test_status_moves_from_missing_to_done_and_stale_runs_are_moved_aside(ci_run
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps(config | {"epochs": 3}))
     assert reports.spec_status(spec, ctx.results, profile) == "stale"
-    jobs.prepare_run_dir(ctx, step, "stale")
+    steps.prepare_run_dir(ctx, step, "stale")
     aside = list((ctx.root / ".superseded" / "synthetic" / "cggm").iterdir())
     assert len(aside) == 1 and (aside[0] / "metrics.json").exists()
     assert reports.spec_status(spec, ctx.results, profile) == "partial"
@@ -131,11 +134,11 @@ def test_status_moves_from_missing_to_done_and_stale_runs_are_moved_aside(ci_run
 def test_verify_reports_a_tampered_run_card(ci_run):
     profile, ctx, spec, step = ci_run
     run_dir = spec.path(ctx.results, profile)
-    jobs.prepare_run_dir(ctx, step, "missing")
-    receipts.finish_run(run_dir, receipts.train_or_load(spec.config(profile, ctx.data_root), run_dir, progress=False), ())
+    steps.prepare_run_dir(ctx, step, "missing")
+    worker.finish_run(run_dir, worker.train_or_load(spec.config(profile, ctx.data_root), run_dir, progress=False), ())
     card = json.loads((run_dir / "run_card.json").read_text())
     (run_dir / "run_card.json").write_text(json.dumps(card | {"config_key": "0" * 12, "git_commit": None}))
-    problems = receipts.verify(ctx.results, profile).set_index("run").loc["synthetic/cggm/seed0", "problems"]
+    problems = verify(ctx.results, profile).set_index("run").loc["synthetic/cggm/seed0", "problems"]
     assert "run card key" in problems and "git_commit" in problems and "10_train.ipynb" in problems
 
 
@@ -145,26 +148,26 @@ def test_data_checksums_cover_the_files_and_are_cached(tmp_path, monkeypatch):
     write_standin("mosi", tmp_path / "data", noalign=False, train=20, valid=5, test=5)
     (tmp_path / "data" / "mosi" / "cache").mkdir()
     (tmp_path / "data" / "mosi" / "cache" / "derived.bin").write_bytes(b"x")
-    sums, how = receipts.data_checksums("mosi", tmp_path / "data", tmp_path / "cache")
+    sums, how = data_checksums("mosi", tmp_path / "data", tmp_path / "cache")
     assert set(sums) == {"mosi_data.pkl", "STANDIN.json"} and all(v.startswith("sha256:") for v in sums.values())
     monkeypatch.setattr("cggmlib.data.checksums", lambda *a, **k: pytest.fail("not served from the cache"))
-    assert receipts.data_checksums("mosi", tmp_path / "data", tmp_path / "cache")[0] == sums
+    assert data_checksums("mosi", tmp_path / "data", tmp_path / "cache")[0] == sums
 
 
 def test_the_run_lock_keeps_a_second_process_out(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cggmlib.receipts import claim; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cggmlib.runs.lock import claim; "
                                f"claim({str(tmp_path)!r}); print('held', flush=True); time.sleep(20)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.time()
         with pytest.raises(ResultsError, match=f"being written by process {holder.pid} on "):
-            receipts.claim(tmp_path, timeout_s=0.6)
+            claim(tmp_path, timeout_s=0.6)
         assert time.time() - started < 5
     finally:
         holder.kill()
         holder.wait()
-    receipts.claim(tmp_path, timeout_s=5)  # free once the holder is gone
+    claim(tmp_path, timeout_s=5)  # free once the holder is gone
 
 
 def test_jobs_are_pinned_to_gpus_round_robin(monkeypatch):
@@ -176,11 +179,11 @@ def test_jobs_are_pinned_to_gpus_round_robin(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     seen = []
     for _ in range(3):
-        jobs._init_job(slots, ["0", "1"])
+        steps._init_job(slots, ["0", "1"])
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["0", "1", "0"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    assert jobs.visible_gpus() == ["4", "5"]
+    assert steps.visible_gpus() == ["4", "5"]
 
 
 def test_cli_reports_a_bad_profile_and_lists_reproduce(capsys):
@@ -205,7 +208,7 @@ def test_worker_parameters_rebuild_the_runs_configuration(tmp_path):
     """Each worker notebook gets everything its Config needs, Config fields beyond the strategy included:
     the Config the notebook builds from its parameters has the profile's configuration key."""
     profile = pipeline.get_profile("smoke")
-    ctx = jobs.Context(profile, tmp_path, tmp_path / "data", jobs.notebooks_folder(), threads=1)
+    ctx = steps.Context(profile, tmp_path, tmp_path / "data", steps.notebooks_folder(), threads=1)
     workers = [s for s in pipeline.plan(profile) if s.kind == "worker"]
     assert any(s.spec.settings for s in workers)
     for step in workers:

@@ -1,4 +1,4 @@
-"""`cggm reproduce --executor slurm` (cggmlib/slurm.py) through submitit's LocalExecutor: the same jobs, job
+"""`cggm reproduce --executor slurm` (cggmlib/repro/slurm.py) through submitit's LocalExecutor: the same jobs, job
 records and status as on a Slurm cluster, on this machine. A real single-node Slurm: `make slurm-test`."""
 import json
 import os
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cggmlib import jobs, pipeline, slurm
+from cggmlib.repro import jobs, pipeline, slurm, steps
 from cggmlib.commands import main
 from cggmlib.errors import ConfigError
 
@@ -66,11 +66,11 @@ def _wait_gone(pid, timeout=60):
 @pytest.mark.notebook
 def test_local_submitit_jobs_run_resubmit_a_cancelled_job_attach_to_a_running_one_and_report(tmp_path):
     results, lines = tmp_path / "results", []
-    ctx = jobs.Context(CI, results, results / CI.name / "data", jobs.notebooks_folder(), 1)
+    ctx = steps.Context(CI, results, results / CI.name / "data", steps.notebooks_folder(), 1)
     runner = slurm.SlurmRunner(ctx, ["partition=ignored_by_the_local_executor"], cluster="local", poll_s=0.5,
                                log=lines.append)
-    steps = {s.name: s for s in pipeline.plan(CI, ["mfeat"])}
-    fou, cggm = steps["10_train:mfeat/unimodal.fou/seed0"], steps["10_train:mfeat/cggm/seed0"]
+    planned = {s.name: s for s in pipeline.plan(CI, ["mfeat"])}
+    fou, cggm = planned["10_train:mfeat/unimodal.fou/seed0"], planned["10_train:mfeat/cggm/seed0"]
 
     # a job cancelled while it runs (submitit's LocalJob.cancel: SIGINT to the job) leaves no result
     [(_, killed)] = runner.submit([fou], slurm.CPU_JOB, "worker")
@@ -111,7 +111,7 @@ def _fake_run(root, prof, spec, metrics: dict) -> None:
 
 def test_same_as_compares_keys_metrics_and_tables_of_two_results_folders(tmp_path, capsys):
     """What `make slurm-test` checks after the Slurm run: the Slurm results folder equals the local one."""
-    from cggmlib.receipts import compare_results
+    from cggmlib.repro.verify import compare_results
 
     ci = pipeline.get_profile("ci")
     specs = [s.spec for s in pipeline.plan(ci, ["mfeat"]) if s.spec is not None]

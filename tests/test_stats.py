@@ -7,7 +7,7 @@ from scipy import stats as st
 import cggmlib as cg
 from cggmlib.errors import ResultsError
 from cggmlib.runs import run_dir
-from cggmlib.stats import aggregate, collect, format_mean_std, paired_difference, seed_values, summarize
+from cggmlib.analysis.stats import aggregate, collect, format_mean_std, paired_difference, seed_values, summarize
 
 
 def test_aggregate_by_hand():

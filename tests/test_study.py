@@ -1,11 +1,11 @@
-"""cggmlib.study: the linear probe, held-out utilisation against unimodal, and the batch-noise decomposition of B_m."""
+"""cggmlib.repro.study: the linear probe, held-out utilisation against unimodal, and the batch-noise decomposition of B_m."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from cggmlib import study
+from cggmlib.repro import study
 from cggmlib.data import load_data
 from cggmlib.errors import ConfigError
 
@@ -111,7 +111,7 @@ def test_study_notebook_reads_the_pipeline_runs_and_writes_its_table_figure_and_
     import nbformat
     import papermill as pm
 
-    from cggmlib import pipeline
+    from cggmlib.repro import pipeline
     from cggmlib.experiment import run_experiment
     from conftest import ROOT
 
@@ -144,7 +144,7 @@ def test_the_worker_notebook_trains_a_study_spec_with_its_data_setting(tmp_path)
 
     import papermill as pm
 
-    from cggmlib import pipeline
+    from cggmlib.repro import pipeline
     from conftest import ROOT
 
     spec = next(s for s in pipeline.grid(pipeline.get_profile("ci")) if s.label == "study.synthetic-imbalanced.joint")

@@ -1,13 +1,13 @@
 """Tables 1–8: aggregation over seeds, the paper | ours | Δ columns, n/a and missing rows, stand-in
 marking, run-card citations, and the CSV / Markdown / LaTeX writers. Inputs are small frames in the
-layout `cggmlib.reports.collect` returns."""
+layout `cggmlib.repro.reports.collect` returns."""
 import math
 
 import pandas as pd
 import pytest
 
-from cggmlib import ledger as L
-from cggmlib import tables
+from cggmlib.repro import ledger as L
+from cggmlib.analysis import tables
 
 
 def run(dataset, label, seed, metrics, standin=False, classifiers=None, done=True):

@@ -15,15 +15,15 @@ def add_arguments(p) -> None:
     p.add_argument("--study", choices=["imbalance"], default=None,
                    help="imbalance: instead of the fused-metric table, each modality's held-out utilisation "
                         "(linear probe on the frozen encoder) against the encoder trained alone, on mfeat and "
-                        "synthetic setting=imbalanced (cggmlib/study.py; --datasets must be among those)")
+                        "synthetic setting=imbalanced (cggmlib/repro/study.py; --datasets must be among those)")
 
 
 def run(args) -> int:
-    from ..compare import compare, to_markdown
-    from ..runs import atomic_write_text
+    from ..analysis.compare import compare, to_markdown
+    from ..files import atomic_write_text
 
     if args.study == "imbalance":
-        from .. import study
+        from ..repro import study
 
         datasets = list(study.DATASETS) if args.datasets == ["synthetic", "mfeat"] else args.datasets
         found = study.runs(datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root, args.preset)

@@ -1,7 +1,7 @@
 """`cggm reproduce --profile smoke|paper|colab`: every figure and table of the CGGM paper, from notebooks.
 
 Executes the notebooks through papermill in dependency order (data preparation, the worker grid,
-the reports; see cggmlib/pipeline.py), skipping runs already complete for their configuration, and
+the reports; see cggmlib/repro/pipeline.py), skipping runs already complete for their configuration, and
 writes results/<profile>/ (run folders, notebooks/, figures/, tables/, index.html). Examples:
 
     cggm reproduce --profile smoke                          # stand-ins, mfeat, synthetic; CPU; minutes
@@ -51,12 +51,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..jobs import reproduce
+    from ..repro.jobs import reproduce
 
     if args.same_as:
         return _same_as(args)
     if args.status:
-        from ..slurm import status
+        from ..repro.slurm import status
 
         rows = status(args.profile, results=args.results, only=args.only)
         return 1 if any(r["state"] == "failed" for r in rows) else 0
@@ -76,8 +76,8 @@ def _same_as(args) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ..pipeline import get_profile
-    from ..receipts import compare_results
+    from ..repro.pipeline import get_profile
+    from ..repro.verify import compare_results
 
     prof = get_profile(args.profile)
     results = Path(args.results or prof.results)

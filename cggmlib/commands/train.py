@@ -79,18 +79,20 @@ def strategy_options(strategy: str, extra: list[str]) -> dict:
 
 
 def run(args) -> int:
-    import cggmlib as cg
-    from cggmlib.distributed import is_main_process
+    from ..config import Config
+    from ..experiment import run_experiment
+    from ..runs.folder import run_dir
+    from ..training.distributed import is_main_process
 
-    cfg = cg.Config(dataset=args.dataset, strategy=args.strategy, seed=args.seed, epochs=args.epochs,
+    cfg = Config(dataset=args.dataset, strategy=args.strategy, seed=args.seed, epochs=args.epochs,
                     preset=args.preset, data_root=args.data_root, batch_size=args.batch_size, lr=args.lr,
                     device=args.device, amp=args.amp, nonfinite=args.nonfinite,
                     checkpoint_every=args.checkpoint_every,
                     strategy_kwargs=strategy_options(args.strategy, args.extra),
                     data_kwargs=_pairs(args.data_opt, "--data-opt"), model_kwargs=_pairs(args.model_opt, "--model-opt"),
                     task_kwargs=_pairs(args.task_opt, "--task-opt"), lr_warmup=args.lr_warmup)
-    out = Path(args.out) if args.out else cg.runs.run_dir("results", cfg.preset, cfg)
-    result = cg.run_experiment(cfg, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+    out = Path(args.out) if args.out else run_dir("results", cfg.preset, cfg)
+    result = run_experiment(cfg, out_dir=out, resume=args.resume, overwrite=args.overwrite,
                                progress=not args.quiet)
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if is_main_process():

@@ -11,6 +11,9 @@ from typing import Any, Iterable
 
 import torch
 
+from ..errors import CGGMError, ConfigError, DataError, ResultsError
+from ..files import describe_os_error
+
 CARDS = Path(__file__).resolve().parents[2] / "data_cards"
 
 
@@ -258,8 +261,6 @@ def check_options(dataset: str, options: dict, known) -> None:
     """Raise ConfigError for a loader option not in `known` (a typo must not pass silently)."""
     unknown = sorted(set(options) - set(known))
     if unknown:
-        from ..errors import ConfigError
-
         raise ConfigError(f"{dataset}: unknown data option(s) {unknown}; the options are {sorted(known)} "
                           f"(see {card(dataset)})")
 
@@ -284,9 +285,6 @@ def disk_errors(path):
     """Turn an operating-system error while writing under `path` into `ResultsError` saying what to do
     (a full disk, also when a library wraps it: "disk full while writing <path>: free space and rerun");
     cggmlib errors pass through."""
-    from ..errors import CGGMError, ResultsError
-    from ..runs import _describe_os_error
-
     try:
         yield
     except CGGMError:
@@ -295,7 +293,7 @@ def disk_errors(path):
         cause = err if isinstance(err, OSError) else disk_full(err)
         if cause is None:
             raise
-        raise ResultsError(_describe_os_error(cause.filename or path, cause)) from err
+        raise ResultsError(describe_os_error(cause.filename or path, cause)) from err
 
 
 @contextlib.contextmanager
@@ -306,8 +304,6 @@ def writer_lock(lock_file, what: str, timeout: float = 3600.0):
     so a crashed writer never leaves a stale lock behind.
     """
     from filelock import FileLock, Timeout
-
-    from ..errors import DataError
 
     lock_file = Path(lock_file)
     with disk_errors(lock_file):

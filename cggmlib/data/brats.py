@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..runs import atomic_write_json
+from ..files import atomic_write_json
 from ..tasks import Segmentation
 from . import brats_cache as C
 from .base import Data, DoctorReport, card, scan_bar

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..runs import atomic_write_bytes, atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 from .base import card
 
 CARD = card("brats2021")
@@ -208,7 +208,7 @@ def _prepare(cases: list[Path], cache: Path, workers: int) -> list[dict]:
     if todo and workers > 0:
         from concurrent.futures import ProcessPoolExecutor
 
-        from ..processes import die_with_parent
+        from ..repro.processes import die_with_parent
 
         with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for c, meta in zip(todo, pool.map(preprocess, todo, [cache / c.name for c in todo])):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..runs import atomic_write_json
+from ..files import atomic_write_json
 from .base import card
 
 CARD = card("food101")

@@ -150,7 +150,7 @@ def run_ours(task: str, batches, init_model: dict, init_cls: dict, overrides: di
     from ..models.food import FoodModel
     from ..models.msa import MSAModel
     from ..modulation import make_strategy
-    from ..optim import step_tools
+    from ..training.optim import step_tools
     from ..tasks import Classification, Regression
     from ..train import train_step
 

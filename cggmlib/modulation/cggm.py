@@ -53,7 +53,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.base import fused_output_layer, modality_parameters
@@ -95,7 +94,7 @@ class CGGM(Strategy):
     """dtype of ε and B: released (float64 accuracies, float32 Dice) | float32. None: per variant"""
     overlap: bool | None = None
     """run the classifiers concurrently with the main backward (worker thread; side stream on CUDA);
-    None: off until `python -m cggmlib.gpu_check` has verified it on a GPU (docs/performance.md;
+    None: off until `python -m cggmlib.bench.gpu_check` has verified it on a GPU (docs/performance.md;
     `overlap.VERIFIED`); True on CPU uses a second core. Official variant only"""
 
     min_modalities = 2
@@ -225,7 +224,8 @@ class CGGM(Strategy):
 
 def _cosines(fused: torch.Tensor, others) -> torch.Tensor:
     """(M,) cos_m between the fused output layer and each classifier's (stacked (M, K) or a list),
-    differentiable in `fused`; ConfigError when a classifier's layer has another size."""
+    differentiable in `fused`; ConfigError when a classifier's layer has another size (where the logged
+    `cosines` would give NaN)."""
     n = fused.numel()
     sizes = [others.shape[1]] * len(others) if torch.is_tensor(others) else [
         None if o is None else o.numel() for o in others]
@@ -233,8 +233,7 @@ def _cosines(fused: torch.Tensor, others) -> torch.Tensor:
     if bad is not False:
         raise ConfigError(f"cggm: the direction term compares the fused output layer ({n} weights) with each "
                           f"classifier's output layer (got {bad}); they must have the same shape (or set lam=0)")
-    stacked = others if torch.is_tensor(others) else torch.stack([o.flatten() for o in others])
-    return F.cosine_similarity(stacked.float(), fused.flatten().float()[None], dim=1)
+    return cosines(fused, others)
 
 
 def scaled_parameters(model, modality: str, which: str) -> list:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_reduce_gradients, mean_across_processes
+from ..training.distributed import all_reduce_gradients, mean_across_processes
 from ..errors import ConfigError
 from ..models.base import POOL_DIMS, fused_output_layer
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-#: whether `python -m cggmlib.gpu_check` has shown, on a GPU, parameters identical with and without
+#: whether `python -m cggmlib.bench.gpu_check` has shown, on a GPU, parameters identical with and without
 #: overlap over >= 50 steps of each paper model. Until then CGGM's `overlap=None` means off: a
 #: stream-ordering mistake would corrupt gradients silently. Set it with the committed report.
 VERIFIED = False

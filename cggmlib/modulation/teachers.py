@@ -28,7 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import CUSTOM, Config
+from ..data import DATASETS
 from ..errors import ConfigError
+from ..files import atomic_torch_save
+from ..presets import PRESETS
+from ..train import train
+from ..training.checkpoint import rng_state, set_rng_state
 from .classifiers import unimodal_heads
 from .unimodal import Unimodal
 
@@ -96,11 +102,6 @@ def teacher_folder(model, data, cache_dir, **settings) -> Path:
 
 def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, preset: str) -> dict:
     """Train a copy of `model` on `modality` alone; return {encoder, head, metrics, best_epoch} states."""
-    from ..checkpoint import rng_state, set_rng_state
-    from ..config import CUSTOM, Config
-    from ..data import DATASETS
-    from ..train import train
-
     device = str(next(model.parameters()).device)
     overrides = {"epochs": epochs} if epochs is not None else {}
     dataset = data.name if data.name in DATASETS else CUSTOM  # your own data: the `custom` training settings
@@ -122,8 +123,6 @@ def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, 
 def unimodal_teachers(model, data, *, epochs: int | None = None, seed: int = 0, preset: str = "smoke",
                       cache_dir=None) -> dict[str, Teacher]:
     """{m: Teacher} for every modality of `model`, loaded from the cache or trained and cached."""
-    from ..runs import atomic_torch_save
-
     if not hasattr(data, "train"):
         raise ConfigError("umt/ume need the Data in setup(model, data): their unimodal teachers are trained on "
                           "data.train and selected on data.val")
@@ -146,8 +145,6 @@ def unimodal_teachers(model, data, *, epochs: int | None = None, seed: int = 0, 
 
 def validate_teacher_fields(name: str, epochs, seed, preset, cache_dir) -> None:
     """ConfigError naming the field to change, for the teacher options UMT and UME share."""
-    from ..presets import PRESETS
-
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise ConfigError(f"{name}: teacher_epochs must be an integer >= 1 or None (the preset's), got {epochs!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):

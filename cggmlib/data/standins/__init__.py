@@ -44,7 +44,7 @@ def is_standin(folder) -> bool:
 
 def mark(folder, dataset: str, seed: int, size: dict | None = None, writer: str | None = None) -> Path:
     """Write `folder/MARKER` saying the files are a synthetic stand-in (atomic; call it last)."""
-    from ...runs import atomic_write_json
+    from ...files import atomic_write_json
 
     return atomic_write_json(Path(folder) / MARKER, {
         "dataset": dataset, "standin": True, "seed": int(seed), "size": dict(size or {}),
@@ -203,7 +203,7 @@ def save_npy(path, array) -> Path:
     """np.save through a temporary file and a rename."""
     import numpy as np
 
-    from ...runs import atomic_write_bytes
+    from ...files import atomic_write_bytes
 
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...runs import atomic_write_bytes
+from ...files import atomic_write_bytes
 from . import mark
 
 BASE = {"flair": 300.0, "t1ce": 450.0, "t1": 500.0, "t2": 350.0}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...runs import atomic_write_text
+from ...files import atomic_write_text
 from . import mark
 
 FILLER = ("ingredients cup cups tablespoon teaspoon salt pepper water oil olive butter sugar flour egg eggs milk "

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ...runs import atomic_write_bytes
+from ...files import atomic_write_bytes
 from . import mark, save_npy
 
 DIMS = {"text": 1024, "audio": 130, "vision": 342}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import mark
-from ...runs import atomic_write_bytes
+from ...files import atomic_write_bytes
 
 DIMS = {"text": 300, "audio": 5, "vision": 20}
 STRENGTH = {"text": 3.0, "audio": 0.8, "vision": 0.6}
