@@ -151,8 +151,6 @@ def collect(datasets=None, reps: int = 2, threads: int = 1, gpu_tflops: float = 
     torch.set_num_threads(threads)
     rows = []
     if earlier is not None:
-        from .errors import ConfigError
-
         if (earlier["device"], earlier["threads"]) != (device.type, threads):
             raise ConfigError(f"--complete: the earlier rows were measured on {earlier['device']} with "
                               f"{earlier['threads']} thread(s), this run would use {device.type} with {threads}; "

@@ -28,6 +28,7 @@ from ..models import build_model
 from ..modulation import make_strategy
 from ..modulation.coefficients import balance_coefficients, guarded_balance_coefficients
 from ..runs.folder import load_run
+from ..training.protocol import evaluate_classifiers
 from .pipeline import STUDY_DATASETS as DATASETS, get_profile, grid
 
 
@@ -334,7 +335,7 @@ def b_and_speed(cfg, every: int = 5, probe_split: str = "val") -> "pd.DataFrame"
     `cfg` must train CGGM's classifiers f_m (strategy `cggm`, or `joint` with `observe=True`). It is
     trained once, without a run folder, and every `every` optimisation steps each f_m, reading its
     frozen encoder φ_m, is scored on a fixed held-out probe set: the same `probe_split` samples each
-    time (`analysis.evaluate_classifiers`, the task's metric). Between two probes lies a window; one row
+    time (`training.protocol.evaluate_classifiers`, the task's metric). Between two probes lies a window; one row
     per (window, modality): `balance` and `guarded`, the window's mean of the released and the guarded
     B_m recomputed from the Δε_m the run logged (whatever B the run applied), `eps`, the mean train-batch
     ε_m, and `speed`, the held-out metric's gain over the window divided by its steps (the task's
@@ -343,10 +344,6 @@ def b_and_speed(cfg, every: int = 5, probe_split: str = "val") -> "pd.DataFrame"
     trains exactly as an unobserved one (its final metrics are in the frame's `attrs["metrics"]`).
     """
     import pandas as pd
-
-    from .analysis import evaluate_classifiers
-    from .experiment import run_experiment
-    from .modulation.coefficients import balance_coefficients, guarded_balance_coefficients
 
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ConfigError(f"b_and_speed: every must be a positive int (steps between probes), got {every!r}")
@@ -388,19 +385,16 @@ def b_and_speed(cfg, every: int = 5, probe_split: str = "val") -> "pd.DataFrame"
     return frame
 
 
-def speed_of_runs(found: list[dict], methods=("joint", "cggm"), every: int = 5) -> tuple:
-    """`b_and_speed` for the first seed's run of each of `methods` in `found` (as `pipeline_runs` or `runs`
-    return them), each retrained from its config.json under observation; (rows, `speed_correlations` per
-    method)."""
+def speed_of_runs(found: list[dict], method_names=("joint", "cggm"), every: int = 5) -> tuple:
+    """`b_and_speed` for the first seed's run of each of `method_names` in `found` (as `pipeline_runs` or
+    `runs` return them), each retrained from its config.json under observation; (rows,
+    `speed_correlations` per method)."""
     import pandas as pd
 
-    from .config import Config
-    from .runs import load_run
-
     first = min(r["seed"] for r in found)
-    chosen = [r for r in found if r["method"] in methods and r["seed"] == first]
+    chosen = [r for r in found if r["method"] in method_names and r["seed"] == first]
     if not chosen:
-        raise ConfigError(f"speed_of_runs: no run of {list(methods)} among the runs found")
+        raise ConfigError(f"speed_of_runs: no run of {list(method_names)} among the runs found")
     speed = pd.concat([b_and_speed(Config.from_dict(load_run(r["path"])["config"] | {"device": "cpu"}), every=every)
                        .assign(dataset=r["dataset"], method=r["method"]) for r in chosen], ignore_index=True)
     correlations = pd.concat([speed_correlations(part).assign(method=method)
@@ -586,7 +580,7 @@ def main(argv=None) -> int:
     if args.speed_every:
         from pathlib import Path
 
-        from . import tables
+        from ..analysis import tables
 
         speed, correlations = speed_of_runs(found, [m for m in ("joint", "cggm") if m in set(r["method"] for r in found)],
                                             args.speed_every)
