@@ -16,9 +16,9 @@ import pandas as pd
 
 from ..files import atomic_write_text
 from ..modulation import strategy_class
-from ..presets import model_kwargs
+from ..presets import REGISTRY, model_kwargs
 from ..repro import ledger as L
-from ..repro.pipeline import MODALITIES, not_applicable
+from ..repro.pipeline import not_applicable
 from .stats import aggregate, paired_difference
 
 METHOD_NAMES = {"joint": "Baseline (joint training)", "mrd": "MRD", "mslr": "MSLR", "gblending": "G-Blending",
@@ -28,11 +28,11 @@ METHOD_NAMES = {"joint": "Baseline (joint training)", "mrd": "MRD", "mslr": "MSL
                 "cggm.both": "CGGM, magnitude + direction"}
 METRIC_NAMES = {"acc": "Acc", "f1": "F1", "acc2": "Acc-2", "acc7": "Acc-7", "mae": "MAE↓", "corr": "Corr",
                 "dice_wt": "WT", "dice_tc": "TC", "dice_et": "ET", "dice_mean": "Avg"}
-TASKS = {"food101": "classification (101 classes)", "mosi": "regression (sentiment in [−3, 3])",
-         "iemocap": "classification (4 emotions)", "brats2021": "segmentation (4 classes, 2-D slices)"}
-#: results tables: table -> [(dataset, metrics)]
-RESULTS = {"table2": [("food101", ("acc", "f1"))], "table3": [("brats2021", ("dice_wt", "dice_tc", "dice_et", "dice_mean"))],
-           "table4": [("mosi", ("acc2", "acc7", "f1", "mae", "corr")), ("iemocap", ("acc", "f1"))]}
+#: results tables: table -> [(dataset, metrics)], from the dataset registry (cggmlib/presets.py)
+RESULTS: dict[str, list] = {}
+for _facts in REGISTRY.values():
+    if _facts.table:
+        RESULTS.setdefault(_facts.table, []).append((_facts.name, _facts.reported))
 
 
 def unit(metric: str) -> str:
@@ -63,7 +63,7 @@ def results_table(runs: pd.DataFrame, ledger: pd.DataFrame | None, table: str, d
                   labels=None) -> pd.DataFrame:
     """One of Tables 2–4 (or any dataset): a row per method, paper | ours | Δ per metric (only ours
     without a ledger)."""
-    labels = labels or [f"unimodal.{m}" for m in MODALITIES[dataset]] + [
+    labels = labels or [f"unimodal.{m}" for m in REGISTRY[dataset].modalities] + [
         "joint", "mrd", "mslr", "gblending", "greedy", "ogm", "agm", "pmr", "umt", "ume", "qmf", "reconboost", "cggm"]
     rows = []
     for label in labels:
@@ -106,8 +106,8 @@ def table1(summaries: dict, ledger: pd.DataFrame) -> pd.DataFrame:
         s = summaries.get(d) or {}
         paper = L.cell(ledger, "table1", d, "-", "modalities") or {}
         sizes = s.get("sizes") or {}
-        rows.append({"Dataset": d, "Task": TASKS[d], "Modalities": ", ".join(s.get("modalities") or MODALITIES[d]),
-                     "M paper": L.compare(paper, math.nan)["paper"], "M ours": len(s.get("modalities") or MODALITIES[d]),
+        rows.append({"Dataset": d, "Task": REGISTRY[d].task, "Modalities": ", ".join(s.get("modalities") or REGISTRY[d].modalities),
+                     "M paper": L.compare(paper, math.nan)["paper"], "M ours": len(s.get("modalities") or REGISTRY[d].modalities),
                      "train / val / test": " / ".join(str(sizes.get(k, "–")) for k in ("train", "val", "test")),
                      "data": ("stand-in" if s.get("standin") else "real") if s else "not prepared"})
     return pd.DataFrame(rows)
@@ -118,7 +118,7 @@ def classifier_accuracy(runs: pd.DataFrame, dataset: str, metric: str = "acc") -
     out = {}
     for group, label in (("unimodal", "unimodal.{m}"), ("joint", "joint"), ("cggm", "cggm")):
         out[group] = {m: _cells(runs, dataset, label.format(m=m), _metric(metric) if group == "unimodal"
-                                else _classifier(m, metric))["mean"] for m in MODALITIES[dataset]}
+                                else _classifier(m, metric))["mean"] for m in REGISTRY[dataset].modalities}
     return pd.DataFrame(out)
 
 
@@ -126,7 +126,7 @@ def table5(runs: pd.DataFrame, ledger: pd.DataFrame | None, dataset: str = "iemo
     """Table 5: accuracy of each modality under unimodal training, and of its classifier f_m on the frozen
     encoder (held-out test split) after joint training and after CGGM."""
     names = {"audio": "f1 (audio)", "vision": "f2 (video)", "text": "f3 (text)"}
-    order = [m for m in ("audio", "vision", "text") if m in MODALITIES[dataset]] or list(MODALITIES[dataset])
+    order = [m for m in ("audio", "vision", "text") if m in REGISTRY[dataset].modalities] or list(REGISTRY[dataset].modalities)
     rows = []
     for m in order:
         row = {"Classifier": names.get(m, m) if dataset == "iemocap" else m}

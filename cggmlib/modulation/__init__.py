@@ -52,10 +52,10 @@ def make_strategy(name: str, **kwargs) -> Strategy:
 
 def strategy_defaults(name: str, dataset: str, preset: str) -> dict:
     """The dataset preset's values for the options this strategy has (e.g. ρ, λ, classifier lr)."""
-    from ..presets import CGGM as CGGM_PRESETS, cggm_kwargs
+    from ..presets import cggm_kwargs
 
     known = {f.name for f in dataclasses.fields(strategy_class(name))}
-    defaults = cggm_kwargs(dataset, preset) if dataset in CGGM_PRESETS else {}
+    defaults = cggm_kwargs(dataset, preset)
     defaults["teacher_preset"] = preset  # UMT/UME teachers train with the run's own preset
     return {k: v for k, v in defaults.items() if k in known}
 

@@ -38,9 +38,9 @@ from ..bench.runner import CASES, Case, Runner, live_bytes, make_batch, median_m
 from ..data.mfeat import VIEWS
 from ..errors import ConfigError
 from ..files import atomic_write_json, atomic_write_text
-from ..presets import train_kwargs
+from ..presets import REGISTRY, train_kwargs
 from ..tasks import Classification
-from .pipeline import MODALITIES, REPORTS, get_profile, grid
+from .pipeline import REPORTS, get_profile, grid
 
 #: real training-split sizes (samples per epoch) and where they come from
 TRAIN_SIZE = {
@@ -127,7 +127,7 @@ def extra_epochs(spec) -> float:
     head (M modalities + fused) for super_epoch epochs every super_epoch epochs, (M + 1) extra epochs per
     epoch, each counted as a full epoch (an upper bound: a modality's copy trains one encoder)."""
     if spec.strategy == "gblending" and spec.strategy_kwargs.get("estimate", "copy") == "copy":
-        return 1.0 + len(MODALITIES[spec.dataset]) + 1
+        return 1.0 + len(REGISTRY[spec.dataset].modalities) + 1
     return 1.0
 
 

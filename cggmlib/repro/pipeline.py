@@ -25,12 +25,10 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import ConfigError
+from ..presets import PAPER_DATASETS, REGISTRY
 
-PAPER_DATASETS = ("food101", "brats2021", "mosi", "iemocap")
-MODALITIES = {"synthetic": ("m0", "m1", "m2"), "mfeat": ("fou", "fac", "kar", "pix", "zer", "mor"),
-              "mosi": ("text", "audio", "vision"), "iemocap": ("text", "audio", "vision"),
-              "food101": ("image", "text"), "brats2021": ("flair", "t1ce", "t1", "t2")}
-TASK_KIND = {"mosi": "regression", "brats2021": "segmentation"}
+#: dataset -> its modalities (read from the dataset registry, cggmlib/presets.py)
+MODALITIES = {name: facts.modalities for name, facts in REGISTRY.items()}
 #: the methods Tables 2–4 compare (paper Sec. 4.3), besides the single-modality rows
 COMPARED = ("joint", "mrd", "mslr", "gblending", "greedy", "ogm", "agm", "pmr", "umt", "ume", "qmf",
             "reconboost", "cggm")
@@ -267,7 +265,7 @@ def grid(profile: Profile) -> list[RunSpec]:
 
 def not_applicable(strategy: str, dataset: str) -> str | None:
     """Why `strategy` is undefined on `dataset` (tables print "n/a" with it), or None."""
-    return NOT_APPLICABLE.get((strategy, TASK_KIND.get(dataset, "classification")))
+    return NOT_APPLICABLE.get((strategy, REGISTRY[dataset].kind))
 
 
 def _merge(specs: list[RunSpec], profile: Profile) -> list[RunSpec]:

@@ -9,13 +9,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ..presets import REGISTRY
 from .trace import Trace
 
-#: dataset -> (split, metric) whose best value over epochs the official scripts print (docs/methods.md, D5):
-#: best validation Acc-2 (MOSI), accuracy (IEMOCAP), Dice (BraTS, intended; the script prints 0),
-#: and for Food101 the best *test* accuracy (its "valid" loader is the test split).
-OFFICIAL_NUMBER = {"mosi": ("val", "acc2"), "iemocap": ("val", "acc"), "food101": ("test", "acc"),
-                   "brats2021": ("val", "dice_mean")}
 
 
 @dataclass
@@ -45,7 +41,8 @@ def summarize(epochs: pd.DataFrame, data, best_epoch: int) -> dict:
     row = rows[rows["epoch"] == best_epoch].iloc[-1]
     out |= {c.removeprefix("test/"): _num(row[c]) for c in rows.columns if c.startswith("test/")}
     out["val"] = {c.removeprefix("val/"): _num(row[c]) for c in rows.columns if c.startswith("val/")}
-    split, metric = OFFICIAL_NUMBER.get(data.name, ("val", task.select))
+    # the (split, metric) the released script prints (cggmlib/presets.py REGISTRY; docs/methods.md)
+    split, metric = REGISTRY[data.name].official_number if data.name in REGISTRY else ("val", task.select)
     col = f"{split}/{metric}"
     if col in rows:
         series = rows[col].astype(float)
