@@ -80,14 +80,15 @@ class Step:
 
 
 def one_step(strategy, model, data, batch=None, epoch=0) -> Step:
-    """One training step as the loop takes it: setup, train mode, forward, loss, backward, after_backward
-    (on the first training batch unless `batch` is given). What the strategy changed in the gradients is
-    the difference between `Step.before` and the gradients now."""
+    """One training step as the loop takes it: setup, train mode, forward, loss, zeroed model gradients,
+    backward, after_backward (on the first training batch unless `batch` is given). What the strategy
+    changed in the gradients is the difference between `Step.before` and the gradients now."""
     strategy.setup(model, data)
     model.train()
     batch = next(iter(data.train)) if batch is None else batch
     out = strategy.forward(model, batch, epoch)
     loss = strategy.loss(model, batch, out, epoch)
+    model.zero_grad(set_to_none=True)
     loss.backward()
     before = gradients(model)
     return Step(batch, out, loss, before, strategy.after_backward(model, batch, out, epoch))

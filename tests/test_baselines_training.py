@@ -2,7 +2,7 @@
 segmentation problem and on the BraTS 2021 stand-in; state_dict round trips; resuming mid-epoch; the
 unimodal contract UMT and UME rely on; the UMT/UME teacher cache.
 
-The plain classification epoch of every strategy is tests/test_train.py::test_every_registered_strategy_trains_one_epoch.
+The plain classification epoch of every strategy: tests/test_train.py::test_every_registered_strategy_trains_one_epoch.
 """
 import copy
 import io
