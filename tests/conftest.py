@@ -4,6 +4,7 @@ no process the suite started outlives it (`no_process_outlives_the_session`)."""
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,6 +19,9 @@ os.environ[SESSION_MARK] = str(os.getpid())
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import cggmlib as cg  # noqa: E402
+from cggmlib.models.mlp import LateFusionMLP  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
@@ -26,6 +30,68 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+# --- shared helpers (tests import them: `from conftest import cfg, one_step`) ---------------------------
+
+def cfg(**kw) -> cg.Config:
+    """A Config for one CPU epoch on `synthetic` with 100 samples; every keyword overrides its field
+    (a test that needs more epochs or data says so at its call site)."""
+    return cg.Config(**({"dataset": "synthetic", "epochs": 1, "device": "cpu", "data_kwargs": {"num_samples": 100}}
+                        | kw))
+
+
+def small_mlp_on_synthetic(**data_kwargs):
+    """`synthetic` with 160 samples in batches of 32 and a small LateFusionMLP (hidden 16, features 8);
+    (data, model)."""
+    data = cg.load_data("synthetic", batch_size=32, num_samples=160, **data_kwargs)
+    torch.manual_seed(0)
+    return data, LateFusionMLP(data.input_dims, data.num_outputs, hidden=16, feature_dim=8)
+
+
+def preset_model_on_synthetic(seed=0, **data_kwargs):
+    """`synthetic` with 600 samples in batches of 64, the dataset's preset model without dropout, and the
+    first training batch; (data, model, batch)."""
+    torch.manual_seed(seed)
+    data = cg.load_data("synthetic", batch_size=64, seed=seed, **({"num_samples": 600} | data_kwargs))
+    model = cg.build_model("synthetic", data, dropout=0.0)
+    return data, model, next(iter(data.train))
+
+
+def close(a, b, tol=1e-5) -> bool:
+    """a ≈ b elementwise (absolute tolerance `tol`), for tensors, lists or numbers."""
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol)
+
+
+def gradients(model) -> dict:
+    """{parameter name: a copy of its gradient} for the parameters that have one."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@dataclass
+class Step:
+    """What `one_step` saw: the batch, the model output, the loss, the gradients after backward and before
+    the strategy's `after_backward` (`before`), and the statistics `after_backward` returned."""
+    batch: object
+    out: object
+    loss: torch.Tensor
+    before: dict
+    stats: dict
+
+
+def one_step(strategy, model, data, batch=None, epoch=0) -> Step:
+    """One training step as the loop takes it: setup, train mode, forward, loss, zeroed model gradients,
+    backward, after_backward (on the first training batch unless `batch` is given). What the strategy
+    changed in the gradients is the difference between `Step.before` and the gradients now."""
+    strategy.setup(model, data)
+    model.train()
+    batch = next(iter(data.train)) if batch is None else batch
+    out = strategy.forward(model, batch, epoch)
+    loss = strategy.loss(model, batch, out, epoch)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    before = gradients(model)
+    return Step(batch, out, loss, before, strategy.after_backward(model, batch, out, epoch))
 
 
 #: children of the pytest process itself that live exactly as long as it (they end when it exits)

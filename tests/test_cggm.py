@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 import cggmlib as cg
 from cggmlib.modulation.cggm import balance_coefficients, direction_loss, guarded_balance_coefficients
+from conftest import one_step
 
 
-def tiny(num_modalities=3, task="classification", seed=0):
+def preset_model_on_400_samples(num_modalities=3, task="classification", seed=0):
+    """`synthetic` with 400 samples in batches of 32 and the dataset's preset model; (data, model)."""
     torch.manual_seed(seed)
     data = cg.load_data("synthetic", num_modalities=num_modalities, task=task, num_samples=400, batch_size=32)
     model = cg.build_model("synthetic", data)
@@ -67,23 +69,13 @@ def test_guarded_coefficients_are_finite_and_in_unit_interval(gains):
 
 # ----------------------------------------------------------------------------- which gradients are touched
 
-def one_step(model, strategy, batch, epoch=0):
-    out = strategy.forward(model, batch, epoch)
-    loss = strategy.loss(model, batch, out, epoch)
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    before = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    stats = strategy.after_backward(model, batch, out, epoch)
-    return loss, before, stats
-
-
 @pytest.mark.parametrize("variant", ["official", "paper"])
 def test_only_encoder_m_is_scaled_by_exactly_rho_b(variant):
-    data, model = tiny()
+    data, model = preset_model_on_400_samples()
     strategy = cg.make_strategy("cggm", rho=1.3, lam=0.2, variant=variant)
-    strategy.setup(model, data)
     batch = next(iter(data.train))
-    _, before, stats = one_step(model, strategy, batch)
+    step = one_step(strategy, model, data, batch)
+    before, stats = step.before, step.stats
     for name, p in model.named_parameters():
         if name.startswith("encoders."):
             m = name.split(".")[1]
@@ -97,22 +89,21 @@ def test_only_encoder_m_is_scaled_by_exactly_rho_b(variant):
 
 
 def test_classifiers_never_receive_gradient_from_the_task_and_never_send_it():
-    data, model = tiny()
+    data, model = preset_model_on_400_samples()
     strategy = cg.make_strategy("joint", observe=True)
-    strategy.setup(model, data)
     batch = next(iter(data.train))
-    _, before, stats = one_step(model, strategy, batch)
+    step = one_step(strategy, model, data, batch)
+    before, stats = step.before, step.stats
     for name, p in model.named_parameters():  # observing changes no model gradient
         assert torch.equal(p.grad, before[name]), name
     assert {f"acc_head/{m}" for m in data.modalities} <= set(stats)
 
 
 def test_official_direction_term_reaches_only_the_fused_output_layer():
-    data, model = tiny()
+    data, model = preset_model_on_400_samples()
     strategy = cg.make_strategy("cggm", lam=0.5)
-    strategy.setup(model, data)
     batches = iter(data.train)
-    one_step(model, strategy, next(batches))  # step t builds L_gm
+    one_step(strategy, model, data, next(batches))  # step t builds L_gm
     batch = next(batches)
     out = strategy.forward(model, batch, 0)
     total = strategy.loss(model, batch, out, 0)
@@ -126,7 +117,7 @@ def test_official_direction_term_reaches_only_the_fused_output_layer():
 
 
 def test_paper_direction_term_is_same_step_and_differentiable_through_the_fused_gradient():
-    data, model = tiny()
+    data, model = preset_model_on_400_samples()
     strategy = cg.make_strategy("cggm", rho=1.2, lam=0.5, variant="paper")
     strategy.setup(model, data)
     batch = next(iter(data.train))
@@ -143,32 +134,31 @@ def test_paper_direction_term_is_same_step_and_differentiable_through_the_fused_
 
 
 def test_warmup_epochs_modulate_nothing():
-    data, model = tiny()
+    data, model = preset_model_on_400_samples()
     strategy = cg.make_strategy("cggm", warmup_epochs=1)
-    strategy.setup(model, data)
-    _, before, stats = one_step(model, strategy, next(iter(data.train)), epoch=0)
+    step = one_step(strategy, model, data, epoch=0)
+    before, stats = step.before, step.stats
     assert all(float(stats[f"coeff/{m}"]) == 1.0 for m in data.modalities)
     for name, p in model.named_parameters():
         assert torch.equal(p.grad, before[name])
 
 
 def test_magnitude_off_leaves_gradients_and_logs_unit_coefficients():
-    data, model = tiny()
+    data, model = preset_model_on_400_samples()
     strategy = cg.make_strategy("cggm", magnitude=False)
-    strategy.setup(model, data)
-    _, before, stats = one_step(model, strategy, next(iter(data.train)))
+    step = one_step(strategy, model, data)
+    before, stats = step.before, step.stats
     assert all(float(stats[f"coeff/{m}"]) == 1.0 for m in data.modalities)
     assert all(torch.equal(p.grad, before[n]) for n, p in model.named_parameters())
 
 
 def test_regression_uses_sign_accuracy_officially_and_negative_mae_in_the_paper():
-    data, model = tiny(task="regression")
+    data, model = preset_model_on_400_samples(task="regression")
     batch = next(iter(data.train))
     for variant, metric in [("official", cg.metrics.sign_accuracy), ("paper", cg.metrics.negative_mae)]:
         strategy = cg.make_strategy("cggm", variant=variant, lam=0.0)
-        strategy.setup(model, data)
         out = model(batch.inputs)
-        _, _, stats = one_step(model, strategy, batch)
+        stats = one_step(strategy, model, data, batch).stats
         preds = strategy.classifiers.last_preds
         for m in data.modalities:
             assert float(stats[f"eps/{m}"]) == pytest.approx(float(metric(preds[m], batch.target)), abs=1e-6)
@@ -183,13 +173,13 @@ def test_invalid_options_are_clear_errors(kwargs, message):
 
 
 def test_one_modality_is_a_clear_error():
-    data, model = tiny(num_modalities=1)
+    data, model = preset_model_on_400_samples(num_modalities=1)
     with pytest.raises(cg.ConfigError, match="at least 2 modalities"):
         cg.make_strategy("cggm").setup(model, data)
 
 
 def test_any_number_and_names_of_modalities():
-    data, model = tiny(num_modalities=5)
+    data, model = preset_model_on_400_samples(num_modalities=5)
     cfg = cg.Config(dataset="synthetic", strategy="cggm", epochs=1, data_kwargs={"num_modalities": 5})
     result = cg.train(model, cg.make_strategy("cggm", guard=True), data, cfg, progress=False)
     steps = result.trace.steps()
@@ -240,7 +230,7 @@ class OfficialStep:
 
 
 def test_golden_cggm_matches_a_transcription_of_the_official_step():
-    data, model_a = tiny()
+    data, model_a = preset_model_on_400_samples()
     cfg = cg.Config(dataset="synthetic", strategy="cggm", epochs=1, data_kwargs={"num_samples": 400},
                     batch_size=32, scheduler="none")
     model_b = cg.build_model("synthetic", data)

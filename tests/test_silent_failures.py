@@ -11,14 +11,9 @@ import pytest
 
 import cggmlib as cg
 from cggmlib.commands.train import _pairs, strategy_options
-from conftest import ROOT
+from conftest import ROOT, cfg
 
-SMALL = {"num_samples": 100}
 ENV = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def cfg(**kw):
-    return cg.Config(**({"dataset": "synthetic", "epochs": 1, "data_kwargs": SMALL} | kw))
 
 
 def cli(out, *args):
@@ -166,7 +161,7 @@ def test_resume_onto_another_configuration_is_refused_naming_the_fields(tmp_path
 def test_a_checkpoint_of_another_configuration_is_refused_by_train(tmp_path):
     cg.run_experiment(cfg(strategy="cggm"), tmp_path, progress=False)
     other = cfg(strategy="joint", epochs=2)
-    data = cg.load_data("synthetic", batch_size=other.batch_size, **SMALL)
+    data = cg.load_data("synthetic", batch_size=other.batch_size, **other.data_kwargs)
     with pytest.raises(cg.ResultsError, match="written by another configuration"):
         cg.train(cg.build_model("synthetic", data), cg.make_strategy("joint"), data, other, out_dir=tmp_path,
                  resume=True, progress=False)

@@ -7,24 +7,23 @@ import pytest
 import torch
 
 import cggmlib as cg
+from conftest import cfg
 
-
-def cfg(**kw):
-    base = dict(dataset="synthetic", epochs=2, data_kwargs={"num_samples": 600})
-    return cg.Config(**(base | kw))
+#: these tests train two or three epochs on 600 samples (conftest.cfg: one epoch on 100)
+SAMPLES_600 = {"num_samples": 600}
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):
-    a = cg.run_experiment(cfg(strategy="cggm", seed=3), progress=False)
-    b = cg.run_experiment(cfg(strategy="cggm", seed=3), progress=False)
-    c = cg.run_experiment(cfg(strategy="cggm", seed=4), progress=False)
+    a = cg.run_experiment(cfg(strategy="cggm", seed=3, epochs=2, data_kwargs=SAMPLES_600), progress=False)
+    b = cg.run_experiment(cfg(strategy="cggm", seed=3, epochs=2, data_kwargs=SAMPLES_600), progress=False)
+    c = cg.run_experiment(cfg(strategy="cggm", seed=4, epochs=2, data_kwargs=SAMPLES_600), progress=False)
     assert a.metrics == b.metrics
     assert a.trace.frame().equals(b.trace.frame())
     assert a.trace.frame()["loss"].tolist() != c.trace.frame()["loss"].tolist()
 
 
 def test_run_folder_has_config_metrics_trace_and_card(tmp_path):
-    c = cfg(strategy="cggm")
+    c = cfg(strategy="cggm", epochs=2, data_kwargs=SAMPLES_600)
     cg.run_experiment(c, tmp_path, progress=False)
     for name in ("config.json", "metrics.json", "trace.jsonl", "run_card.json", "checkpoint.pt", "best.pt"):
         assert (tmp_path / name).exists(), name
@@ -46,7 +45,7 @@ def test_run_folder_has_config_metrics_trace_and_card(tmp_path):
 
 
 def test_best_weights_are_loaded_after_training():
-    c = cfg(strategy="joint", epochs=3)
+    c = cfg(strategy="joint", epochs=3, data_kwargs=SAMPLES_600)
     data = cg.load_data(c.dataset, batch_size=c.batch_size, seed=c.seed, **c.data_kwargs)
     model = cg.build_model(c.dataset, data)
     result = cg.train(model, cg.make_strategy("joint"), data, c, progress=False)
@@ -55,9 +54,10 @@ def test_best_weights_are_loaded_after_training():
 
 
 def test_resume_continues_to_the_same_result(tmp_path):
-    full = cg.run_experiment(cfg(strategy="cggm", epochs=3), tmp_path / "full", progress=False)
-    cg.run_experiment(cfg(strategy="cggm", epochs=2), tmp_path / "part", progress=False)
-    resumed = cg.run_experiment(cfg(strategy="cggm", epochs=3), tmp_path / "part", resume=True, progress=False)
+    full = cg.run_experiment(cfg(strategy="cggm", epochs=3, data_kwargs=SAMPLES_600), tmp_path / "full", progress=False)
+    cg.run_experiment(cfg(strategy="cggm", epochs=2, data_kwargs=SAMPLES_600), tmp_path / "part", progress=False)
+    resumed = cg.run_experiment(cfg(strategy="cggm", epochs=3, data_kwargs=SAMPLES_600), tmp_path / "part",
+                                resume=True, progress=False)
     assert resumed.metrics == full.metrics
 
 
@@ -86,7 +86,7 @@ def test_cli_bad_options_are_clear_errors(tmp_path, args, message):
 @pytest.mark.parametrize("name", sorted(cg.STRATEGIES))
 def test_every_registered_strategy_trains_one_epoch(name, tmp_path):
     options = {"teacher_dir": str(tmp_path)} if name in ("umt", "ume") else {}
-    c = cfg(strategy=name, epochs=1, data_kwargs={"num_samples": 300}, strategy_kwargs=options)
+    c = cfg(strategy=name, data_kwargs={"num_samples": 300}, strategy_kwargs=options)
     result = cg.run_experiment(c, progress=False)
     steps = result.trace.steps()
     assert len(steps) > 0 and torch.isfinite(torch.tensor(steps["loss"].to_numpy())).all()
