@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node Slurm on this machine (slurmctld and slurmd on localhost, munge for authentication),
 # then `cggm reproduce --executor slurm` of the ci profile through it, with one job cancelled (scancel)
-# while its run is half trained and resumed by the rerun. `make slurm-test` runs this; docs/slurm.md.
+# while its run trains and resumed by the rerun. `make slurm-test` runs this; docs/slurm.md.
 #
 # Needs: root (the daemons, /etc/slurm, /etc/munge), Debian/Ubuntu packages slurm-wlm and munge
 # (installed with apt-get when missing), and submitit in the Python that runs cggm.
@@ -91,13 +91,15 @@ CGGM=("$PYTHON" -m cggmlib reproduce --profile ci --results "$RESULTS" --executo
 cd "$DIR"
 "${CGGM[@]}" > "$DIR/first.log" 2>&1 &
 FIRST=$!
-# a worker run with a checkpoint but no metrics yet (half trained) whose job is recorded, other than $1: "rel job"
-# BraTS first: its runs are the ci profile's longest, so the signal lands before the run ends
-half_trained() {
-    for ckpt in "$RESULTS"/ci/brats2021/*/seed*/checkpoint.pt "$RESULTS"/ci/*/*/seed*/checkpoint.pt; do
+# a worker run in training (config.json written, no metrics.json yet) whose job is recorded, other than $1:
+# "rel job". BraTS first: its runs are the ci profile's longest. The signal must land well before the run
+# ends: Slurm delivers a cancel through slurmd, which on a loaded machine takes seconds, and a run that ends
+# first completes normally (so a run is taken as soon as it trains, not once it has a checkpoint).
+in_training() {
+    for config in "$RESULTS"/ci/brats2021/*/seed*/config.json "$RESULTS"/ci/*/*/seed*/config.json; do
         local run rel record
-        run=$(dirname "$ckpt")
-        [ -f "$ckpt" ] && [ ! -f "$run/metrics.json" ] || continue
+        run=$(dirname "$config")
+        [ -f "$config" ] && [ ! -f "$run/metrics.json" ] || continue
         rel=${run#"$RESULTS"/ci/}
         record="$RESULTS/ci/slurm/steps/10_train/$rel.json"
         [ "$rel" != "${1:-}" ] && [ -f "$record" ] || continue
@@ -106,16 +108,16 @@ half_trained() {
     done
     return 1
 }
-# 1. kill (scancel) one job while its run is half trained: the run fails, the rerun resubmits and resumes it
+# 1. kill (scancel) one job while its run trains: the run fails, the rerun resubmits and resumes it
 VICTIM="" rel="" BEST=none
 for _ in $(seq 3000); do
-    if found=$(half_trained); then
+    if found=$(in_training); then
         read -r rel VICTIM <<< "$found"
         BEST=$(stat -c %Y "$RESULTS/ci/$rel/best.pt" 2>/dev/null || echo none)  # the best epoch so far, before the cancel
         # Slurm handles this as a cancel: SIGTERM, which cggm jobs ignore (preemption), then SIGKILL after
         # KillWait (2 s in this slurm.conf; docs/slurm.md)
         scancel --signal=KILL "$VICTIM" || echo "scancel $VICTIM failed with $?"
-        echo "killed job $VICTIM (scancel --signal=KILL) while $rel was half trained (checkpoint.pt, no metrics.json)"
+        echo "killed job $VICTIM (scancel --signal=KILL) while $rel was training (no metrics.json)"
         break
     fi
     kill -0 "$FIRST" 2>/dev/null || break
@@ -128,12 +130,12 @@ done
 #    longer find the step.
 PREEMPTED="" prel=""
 for _ in $(seq 3000); do
-    if found=$(half_trained "$rel"); then
+    if found=$(in_training "$rel"); then
         read -r prel PREEMPTED <<< "$found"
         # Slurm may answer "Job can not be altered now, try again later" while the job starts: retry
         SENT=0
         for _ in $(seq 20); do if scancel --signal=USR2 "$PREEMPTED" 2>/dev/null; then SENT=1; break; fi; sleep 0.5; done
-        if [ "$SENT" = 1 ]; then echo "sent USR2 to job $PREEMPTED while $prel was half trained"
+        if [ "$SENT" = 1 ]; then echo "sent USR2 to job $PREEMPTED while $prel was training"
         else echo "scancel --signal=USR2 $PREEMPTED failed 20 times: the requeue is not exercised" >&2; PREEMPTED=""; fi
         break
     fi
@@ -148,7 +150,7 @@ echo "first reproduce ended with $FIRST_RC (1 expected: the cancelled run failed
 "${CGGM[@]}" > "$DIR/rerun.log" 2>&1
 echo "rerun: $(tail -1 "$DIR/rerun.log")"
 "$PYTHON" -m cggmlib reproduce --profile ci --results "$RESULTS" --status "${EXTRA[@]}" | tee "$DIR/status_final.log"
-[ -n "$VICTIM" ] || { echo "no job was caught half trained: nothing cancelled" >&2; exit 1; }
+[ -n "$VICTIM" ] || { echo "no job was caught training: nothing cancelled" >&2; exit 1; }
 if [ -n "$PREEMPTED" ]; then
     grep -qE "ran .* 10_train:$(echo "$prel" | sed 's/[.]/[.]/g')\$" "$DIR/first.log" \
         || { echo "the preempted job $PREEMPTED ($prel) did not finish its run after the requeue: $DIR/first.log" >&2; exit 1; }
@@ -156,7 +158,7 @@ if [ -n "$PREEMPTED" ]; then
         || { echo "job $PREEMPTED was not requeued: $RESULTS/ci/slurm/jobs/$PREEMPTED/" >&2; exit 1; }
     echo "ok: job $PREEMPTED, signalled, was requeued by submitit and finished $prel under the same job id"
 else
-    echo "note: no second run was caught half trained, so the requeue was not exercised" >&2
+    echo "note: no second run was caught training, so the requeue was not exercised" >&2
 fi
 grep -qE "failed +$VICTIM +10_train:$(echo "$rel" | sed 's/[.]/[.]/g') .*log .*_log[.]err" "$DIR/status_after_cancel.log" \
     || { echo "--status did not list the killed run $rel as failed with its log" >&2; exit 1; }

@@ -22,7 +22,8 @@ How each number is obtained (also printed into the Markdown):
   synchronised step times) and replaces the projection.
 - An epoch is steps × step time plus one forward pass over validation and test (taken as a third of
   a step per batch). G-Blending's estimation copies are added (`extra_epochs`); UMT/UME teachers
-  (trained before the students) are not included.
+  (trained before the students) are not included: for their rows the teachers train one epoch on the
+  measurement batch, only so that the student can be built.
 """
 from __future__ import annotations
 
@@ -96,9 +97,17 @@ def cpu_gflops(threads: int, n: int = 1024, reps: int = 5) -> float:
 
 
 def measure(dataset: str, strategy: str, options: dict, device, batch: int, reps: int) -> dict:
-    """One row's measurement at `batch`: parameters, live and peak MiB, median ms per step."""
+    """One row's measurement at `batch`: parameters, live and peak MiB, median ms per step.
+
+    UMT and UME train their unimodal teachers in `setup`; the teachers are not part of a student's step
+    (nor of this table), so here they train one epoch of the one-batch data, into a temporary cache."""
+    import tempfile
+
     case = cases()[dataset]
-    runner = Runner(case, strategy, device, options, batch=make_batch(case, device, batch_size=batch))
+    with tempfile.TemporaryDirectory(prefix="cggm-cost-teachers-") as cache:
+        if strategy in ("umt", "ume"):
+            options = {"teacher_epochs": 1, "teacher_dir": cache} | dict(options)
+        runner = Runner(case, strategy, device, options, batch=make_batch(case, device, batch_size=batch))
     params = sum(p.numel() for p in runner.model.parameters())
     extra = getattr(runner.strategy, "classifiers", None)
     strategy_params = sum(p.numel() for p in extra.parameters()) if extra is not None else 0

@@ -125,7 +125,6 @@ class StepJob:
     def __call__(self) -> dict:
         import signal
 
-
         # Slurm signals every process of a preempted job with SIGTERM before it kills and requeues it; ignored
         # here (submitit only logs it) and so in the notebook's kernel, which inherits the setting, so the kernel
         # keeps training instead of dying and ending the step as failed. Cancel and requeue end both with SIGKILL
