@@ -402,6 +402,11 @@ def speed_of_runs(found: list[dict], method_names=("joint", "cggm"), every: int 
     return speed, correlations
 
 
+def _centred(part: "pd.DataFrame", columns) -> "pd.DataFrame":
+    """`columns` minus their window's mean over modalities (what CGGM's rule compares across modalities)."""
+    return part.assign(**{c: part[c] - part.groupby("window")[c].transform("mean") for c in columns})
+
+
 def speed_correlations(speed: "pd.DataFrame") -> "pd.DataFrame":
     """Spearman correlations of `b_and_speed`'s rows, per dataset and B (released, guarded):
     `across_windows`, B_m against its own speed over the windows, per modality; `within_window`, the
@@ -420,7 +425,7 @@ def speed_correlations(speed: "pd.DataFrame") -> "pd.DataFrame":
                 r = spearmanr(sub[b], sub["speed"])
                 rows.append({"dataset": dataset, "B": b, "kind": "across_windows", "modality": m, "n": len(sub),
                              "rho": float(r.statistic), "p": float(r.pvalue)})
-            centred = part.assign(**{c: part[c] - part.groupby("window")[c].transform("mean") for c in (b, "speed")})
+            centred = _centred(part, (b, "speed"))
             r = spearmanr(centred[b], centred["speed"])
             rows.append({"dataset": dataset, "B": b, "kind": "within_window", "modality": "all", "n": len(centred),
                          "rho": float(r.statistic), "p": float(r.pvalue)})
@@ -435,7 +440,7 @@ def speed_figure(speed: "pd.DataFrame", notes: dict | None = None):
     parts = dict(tuple(speed.groupby("dataset", sort=False)))
     fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.2), squeeze=False)
     for ax, (dataset, part) in zip(axes[0], parts.items()):
-        centred = part.assign(**{c: part[c] - part.groupby("window")[c].transform("mean") for c in ("guarded", "speed")})
+        centred = _centred(part, ("guarded", "speed"))
         for m, sub in centred.groupby("modality", sort=False):
             ax.scatter(sub["guarded"], 100 * sub["speed"], s=10, label=m)
         ax.axhline(0, color="grey", lw=0.6)
