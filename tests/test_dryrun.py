@@ -102,18 +102,25 @@ class CountingLoader:
         return getattr(self.loader, name)
 
 
-def test_max_steps_also_limits_gblending_estimation_copies():
-    """G-Blending trains a copy per head for super_epoch epochs at epoch 0: a dry run limits those too."""
+def test_max_steps_also_limits_gblending_estimation_copies_and_loss_estimates():
+    """G-Blending trains a copy per head for super_epoch epochs at epoch 0 and measures each head's train
+    and validation losses: a dry run limits all of those passes (a full pass made its BraTS dry run 25 min)."""
     drawn = {}
     for limit in (0, 1):
         cfg = cg.Config(dataset="synthetic", strategy="gblending", strategy_kwargs={"super_epoch": 2}, epochs=1,
-                        device="cpu", max_steps=limit)
+                        batch_size=32, device="cpu", max_steps=limit)
         data = cg.load_data("synthetic", batch_size=cfg.batch_size, num_samples=300)
-        data.train = CountingLoader(data.train)
+        data.train, data.val = CountingLoader(data.train), CountingLoader(data.val)
         model = cg.build_model("synthetic", data, cfg.preset)
         cg.train(model, cg.make_strategy("gblending", **cfg.strategy_kwargs), data, cfg, progress=False)
-        drawn[limit] = data.train.drawn
-    heads, n = 3 + 1, len(data.train)
-    # each limited pass (a copy's epoch: heads x super_epoch of them; the loop's epoch) draws 2 of n batches
-    # (the second only to stop); the passes over all of train that compute the losses are the same in both
-    assert n >= 3 and drawn[0] - drawn[1] == (heads * 2 + 1) * (n - 2)
+        drawn[limit] = data.train.drawn, data.val.drawn
+    heads, n, n_val = 3 + 1, len(data.train), len(data.val)
+    assert n >= 3 and n_val >= 2
+    # unlimited: the loss estimate at the start (1 pass), per head a copy's super_epoch=2 epochs and its
+    # loss estimate (3 passes), the loop's epoch (1 pass)
+    assert drawn[0][0] == (1 + heads * 3 + 1) * n
+    # a dry run: each of those estimates and the copies' epochs take 1 batch; the loop's epoch draws 2
+    # (the second only to stop)
+    assert drawn[1][0] == 1 + heads * 3 + 2
+    # validation: the 1 + heads loss estimates take 1 batch each instead of a full pass
+    assert drawn[0][1] - drawn[1][1] == (1 + heads) * (n_val - 1)

@@ -32,6 +32,7 @@ Any task: L_task is `task.loss` (cross-entropy in the paper).
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -62,8 +63,8 @@ def head_outputs(model, heads, inputs) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def head_losses(model, heads, data) -> dict[str, tuple[float, float]]:
-    """{head: (mean train loss, mean validation loss)} in eval mode."""
+def head_losses(model, heads, data, limit: int = 0) -> dict[str, tuple[float, float]]:
+    """{head: (mean train loss, mean validation loss)} in eval mode; over the first `limit` batches of each split if > 0 (dry runs)."""
     device = next(model.parameters()).device
     modes = model.training, heads.training
     model.eval()
@@ -71,7 +72,7 @@ def head_losses(model, heads, data) -> dict[str, tuple[float, float]]:
     means = []
     for loader in (data.train, data.val):
         total, n = {}, 0
-        for batch in loader:
+        for batch in itertools.islice(loader, limit or None):
             batch = batch.to(device)
             for k, z in head_outputs(model, heads, batch.inputs).items():
                 total[k] = total.get(k, 0.0) + data.task.loss(z.float(), batch.target) * len(batch)
@@ -128,9 +129,7 @@ class GBlending(Strategy):
         set_epoch = getattr(data.train, "set_epoch", lambda e: None)
         for i in range(self.super_epoch):
             set_epoch(epoch + i)  # the copy sees the batches the run itself will see next
-            for j, batch in enumerate(data.train):
-                if self.step_limit and j >= self.step_limit:  # a dry run (Config.max_steps)
-                    break
+            for batch in itertools.islice(data.train, self.step_limit or None):  # a dry run stops early
                 batch = batch.to(device)
                 if head == FUSED:
                     pred = model_k(batch.inputs).logits
@@ -140,12 +139,12 @@ class GBlending(Strategy):
                 self.task.loss(pred, batch.target).backward()
                 optimizer.step()
         set_epoch(epoch)
-        return head_losses(model_k, heads_k, data)
+        return head_losses(model_k, heads_k, data, self.step_limit)
 
     def on_epoch_start(self, model, data, epoch: int) -> dict:
         stats = {}
         if epoch % self.super_epoch == 0:
-            now = head_losses(model, self.heads, data)
+            now = head_losses(model, self.heads, data, self.step_limit)
             if self.estimate == "copy":
                 start, end = now, {k: self._train_copy(model, k, data, epoch)[k] for k in self.weights}
             else:

@@ -25,6 +25,7 @@ scaled); `lr_scale/m` is.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -56,13 +57,13 @@ def smooth_scales(val_loss, best, scale, decay: float, min_scale: float) -> tupl
 
 
 @torch.no_grad()
-def branch_val_losses(model, loader, task) -> dict[str, float]:
-    """Mean task loss of every branch's unimodal response over `loader` (eval mode)."""
+def branch_val_losses(model, loader, task, limit: int = 0) -> dict[str, float]:
+    """Mean task loss of every branch's unimodal response over `loader` (its first `limit` batches if > 0: dry runs), eval mode."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, n = {}, 0
-    for batch in loader:
+    for batch in itertools.islice(loader, limit or None):
         batch = batch.to(device)
         for m, z in unimodal_responses(model, model.encode(batch.inputs)).items():
             total[m] = total.get(m, 0.0) + task.loss(z.float(), batch.target) * len(batch)
@@ -122,7 +123,7 @@ class MSLR(Strategy):
         self._rescale_last_step(model)
         stats = {}
         if self.variant != "keep" and epoch > 0:
-            val = branch_val_losses(model, data.val, self.task)
+            val = branch_val_losses(model, data.val, self.task, self.step_limit)
             if self.variant == "smooth":
                 self.scale, self.best = smooth_scales(val, self.best, self.scale, self.decay, self.min_scale)
             else:
