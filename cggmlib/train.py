@@ -14,7 +14,7 @@ import time
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from .training import distributed
-from .training.checkpoint import Checkpointer, snapshot
+from .training.checkpoint import Checkpointer, Parts
 from .device import device_batches
 from .training.optim import StepTools, build_scheduler, encoder_grad_norms, step_tools
 from .training.protocol import TrainResult, evaluate, improved, summarize
@@ -41,46 +41,36 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
     strategy.setup(model, data)
     tools = step_tools(cfg, model, strategy, device, world, grad_norms)
     scheduler, when = build_scheduler(cfg, tools.optimizer, len(data.train))
-    trace, ckpt = Trace(), Checkpointer(out_dir) if out_dir else None
-    loop = {"epoch": 0, "batch": 0, "step": 0, "best_epoch": -1, "best_value": None, "skipped": 0}
-    if ckpt and world.is_main:
-        ckpt.remove_stale_temporaries()
-    if resume and ckpt:
-        ckpt.require()
-        loop = ckpt.restore(model, tools.optimizer, scheduler, tools.scaler, strategy, trace, cfg)
-    tools.finite.skipped, tools.finite.checked = loop["skipped"], len(trace.rows)
+    trace = Trace()
+    ckpt = Checkpointer(out_dir, Parts(model, tools.optimizer, scheduler, tools.scaler, strategy, trace, cfg),
+                        writes=world.is_main)
+    state = ckpt.start(resume)
+    tools.finite.skipped, tools.finite.checked = state.skipped, len(trace.rows)
     tools.finite.data = data  # a non-finite step first checks the inputs (the data's fault, named)
-
-    def save():
-        tools.finite.check_trace(trace, flush=True)  # never checkpoint a state past a bad step
-        if ckpt and world.is_main:
-            ckpt.save(model, tools.optimizer, scheduler, tools.scaler, strategy, loop, trace, cfg)
-
-    best = ckpt.load_best() if resume and ckpt and ckpt.best_path.exists() else None
-    bar = progress_bar(range(cfg.epochs), progress and world.is_main, initial=loop["epoch"])
-    for epoch in range(loop["epoch"], cfg.epochs):
-        loop["epoch"] = epoch
+    bar = progress_bar(range(cfg.epochs), progress and world.is_main, initial=state.epoch)
+    for epoch in range(state.epoch, cfg.epochs):
+        state.epoch = epoch
         getattr(data.train, "set_epoch", lambda e: None)(epoch)
-        if loop["batch"] == 0:
+        if state.batch == 0:
             trace.log(epoch=epoch, **strategy.on_epoch_start(model, data, epoch))
         model.train()
         for i, batch in enumerate(device_batches(data.train, device)):
-            if i < loop["batch"]:  # resuming inside an epoch: the order is seeded by (seed, epoch)
+            if i < state.batch:  # resuming inside an epoch: the order is seeded by (seed, epoch)
                 continue
             if cfg.max_steps and i >= cfg.max_steps:  # a dry run (Config.max_steps): the epoch ends early
                 break
-            row = train_step(model, strategy, batch, epoch, tools, loop["step"])
-            loop["skipped"] = tools.finite.skipped
+            row = train_step(model, strategy, batch, epoch, tools, state.step)
+            state.skipped = tools.finite.skipped
             if when == "step":
                 scheduler.step()
-            trace.log(step=loop["step"], epoch=epoch, lr=tools.optimizer.param_groups[0]["lr"], **row)
+            trace.log(step=state.step, epoch=epoch, lr=tools.optimizer.param_groups[0]["lr"], **row)
             tools.finite.check_trace(trace)
-            loop["step"] += 1
-            loop["batch"] = i + 1
+            state.step, state.batch = state.step + 1, i + 1
             if on_step is not None:
-                on_step(loop["step"], model, strategy, data)
-            if cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0:
-                save()
+                on_step(state.step, model, strategy, data)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                tools.finite.check_trace(trace, flush=True)  # never checkpoint a state past a bad step
+                ckpt.checkpoint(state)
         tools.finite.check_trace(trace, flush=True)
         world.broadcast_buffers(model)
         val = evaluate(model, data.val, data.task, device, strategy, cfg.max_eval_batches)
@@ -88,21 +78,16 @@ def train(model, strategy, data, cfg, *, out_dir=None, resume: bool = False, pro
         trace.log(epoch=epoch, **{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()})
         if when == "epoch":
             scheduler.step(val["loss"])
-        if improved(val[data.task.select], loop["best_value"], data.task.higher_is_better):
-            loop["best_epoch"], loop["best_value"] = epoch, val[data.task.select]
-            best = snapshot(model, strategy)
-            if ckpt and world.is_main:
-                ckpt.save_best(best)
-        loop["epoch"], loop["batch"] = epoch + 1, 0
-        save()
+        if improved(val[data.task.select], state.best_value, data.task.higher_is_better):
+            ckpt.keep_best(state, epoch, val[data.task.select])
+        state.epoch, state.batch = epoch + 1, 0
+        ckpt.checkpoint(state)
         bar.update(1)
         bar.set_postfix({f"val {data.task.select}": round(val[data.task.select], 4)})
     bar.close()
-    if best is not None:
-        model.load_state_dict(best["model"])
-        strategy.load_state_dict(best["strategy"])
-    metrics = summarize(trace.epochs(), data, loop["best_epoch"]) | {"skipped_steps": loop["skipped"]}
-    return TrainResult(trace, metrics, loop["best_epoch"], time.time() - started, model, strategy, data)
+    ckpt.load_selected()
+    metrics = summarize(trace.epochs(), data, state.best_epoch) | {"skipped_steps": state.skipped}
+    return TrainResult(trace, metrics, state.best_epoch, time.time() - started, model, strategy, data)
 
 
 def train_step(model, strategy, batch, epoch: int, tools: StepTools, step: int = 0) -> dict:

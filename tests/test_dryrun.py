@@ -8,7 +8,7 @@ import pytest
 import cggmlib as cg
 from cggmlib.repro import pipeline, steps
 from cggmlib.data.standins import write_standin
-from cggmlib.repro.dryrun import MARKER, shape_key
+from cggmlib.repro.dryrun import MARKER, shape_key, shape_phases
 from cggmlib.errors import ConfigError
 from cggmlib.presets import train_kwargs
 from cggmlib.repro.reports import spec_status
@@ -124,3 +124,15 @@ def test_max_steps_also_limits_gblending_estimation_copies_and_loss_estimates():
     assert drawn[1][0] == 1 + heads * 3 + 2
     # validation: the 1 + heads loss estimates take 1 batch each instead of a full pass
     assert drawn[0][1] - drawn[1][1] == (1 + heads) * (n_val - 1)
+
+
+def test_parallel_dry_run_trains_each_shape_once():
+    """Jobs in parallel take one run of every shape first and the copies after, so no shape trains twice
+    (two seeds of one shape side by side both found nothing to copy, and both trained)."""
+    profile = pipeline.PROFILES["dryrun"]
+    workers = [s for s in pipeline.plan(profile) if s.kind == "worker"]
+    first, rest = shape_phases(workers)
+    keys = [shape_key(s.spec) for s in first]
+    assert len(keys) == len(set(keys)) and {shape_key(s.spec) for s in rest} <= set(keys)
+    assert len(first) + len(rest) == len(workers) and len(rest) > len(first) > 0
+    assert shape_phases(workers[:1]) == [workers[:1]]

@@ -18,6 +18,8 @@ options other than the numeric ρ and λ, other settings, extra result files) eq
 differs only in its seed or a coefficient, which changes no tensor shape, so its folder is a copy of
 the first one's, labelled in `DRY_RUN_COPY.json` and in the run card (`dry_run_copy_of`), with its own
 config.json. Checkpoints are not copied, and a dry run deletes its own once the run is complete.
+`shape_phases` runs one run of each shape first and the copies after, so that parallel jobs never train
+two runs of one shape at once (each would find no completed run to copy).
 """
 from __future__ import annotations
 
@@ -47,6 +49,16 @@ def shape_key(spec) -> tuple:
     """What fixes a run's tensor shapes and code path: everything but the seed and VALUE_ONLY options."""
     options = tuple((k, v) for k, v in spec.kwargs if k not in VALUE_ONLY)
     return spec.dataset, spec.strategy, options, spec.settings, tuple(sorted(spec.artifacts))
+
+
+def shape_phases(steps) -> list[list]:
+    """Worker `steps` in two phases: the first of each shape (trained), then the others (copied from it)."""
+    first, rest, seen = [], [], set()
+    for step in steps:
+        key = shape_key(step.spec)
+        (rest if key in seen else first).append(step)
+        seen.add(key)
+    return [phase for phase in (first, rest) if phase]
 
 
 def drop_checkpoints(folder) -> list[str]:
@@ -86,4 +98,4 @@ def reuse_shape(results, profile, spec) -> Path | None:
     return src
 
 
-__all__ = ["MARKER", "drop_checkpoints", "dry_run_parameters", "reuse_shape", "shape_key"]
+__all__ = ["MARKER", "drop_checkpoints", "dry_run_parameters", "reuse_shape", "shape_key", "shape_phases"]

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..files import atomic_write_json, read_json
+from .dryrun import shape_phases
 from .index import write_index
 from .ledger import check, default_path
 from .pipeline import get_profile, plan
@@ -59,7 +60,9 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int |
             group = [s for s in steps if s.kind == kind or (kind == "report" and s.kind == "explainer")]
             if group:
                 log(f"{kind} steps ({len(group)}):")
-                records += run_group(group, kind, parallel)
+                phases = shape_phases(group) if kind == "worker" and prof.reuse_shapes else [group]
+                for phase in phases:  # a dry run: one run per shape first, its copies after
+                    records += run_group(phase, kind, parallel)
     verification = verify(results, prof, data_root if data_root.is_dir() else None)
     atomic_write_json(ctx.root / "verification.json", verification.to_dict("records"))
     ledger_check = check_ledger(ledger, ctx.root)

@@ -1,4 +1,5 @@
-"""Checkpoints: everything a run needs to continue exactly where it stopped, written atomically.
+"""Checkpoints: everything a run needs to continue exactly where it stopped, written atomically, and the
+loop's position (`LoopState`) and best epoch, which they carry.
 
 `checkpoint.pt` holds model, optimizer, scheduler, GradScaler, strategy state (CGGM classifiers and
 their optimizer, previous metrics, the pending L_gm), RNG states, the trace so far and the position
@@ -15,7 +16,9 @@ import hashlib
 import io
 import pickle
 import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,17 +43,85 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Checkpointer:
-    """Saves and restores the loop's state in `folder` (checkpoint.pt, best.pt)."""
+@dataclass
+class LoopState:
+    """Where the loop stands. It is checkpointed, so a resumed run continues at the same batch."""
 
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        self.path, self.best_path = self.folder / "checkpoint.pt", self.folder / "best.pt"
-        self.best_strategy_path = self.folder / "best_strategy.pt"
+    epoch: int = 0
+    batch: int = 0
+    """batches of `epoch` already trained (0: the epoch has not started)"""
+    step: int = 0
+    """optimisation steps taken so far"""
+    best_epoch: int = -1
+    """the epoch selected on validation so far (-1: none yet)"""
+    best_value: float | None = None
+    """its validation value of the task's selection metric"""
+    skipped: int = 0
+    """non-finite steps skipped so far"""
+
+
+@dataclass
+class Parts:
+    """The objects a checkpoint saves and restores."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    strategy: Any
+    trace: Any
+    cfg: Any = None
+
+
+class Checkpointer:
+    """Saves and restores a run's state in `folder` (checkpoint.pt, best.pt, best_strategy.pt).
+
+    `folder=None`, or `writes=False` (a data-parallel rank other than 0), writes nothing; the best
+    epoch's snapshot is still kept in memory, so the trained model is the selected one either way.
+    """
+
+    def __init__(self, folder, parts: Parts | None = None, writes: bool = True):
+        self.folder = Path(folder) if folder is not None else None
+        self.parts, self.writes = parts, writes and folder is not None
+        if self.folder is not None:
+            self.path, self.best_path = self.folder / "checkpoint.pt", self.folder / "best.pt"
+            self.best_strategy_path = self.folder / "best_strategy.pt"
+        self.best: dict | None = None  # the selected epoch's snapshot (`snapshot`)
+
+    def start(self, resume: bool) -> LoopState:
+        """The loop's state to start from: a fresh one, or (`resume`) checkpoint.pt restored into the parts
+        together with the best epoch's snapshot. Removes temporaries a killed write left behind."""
+        if self.writes:
+            self.remove_stale_temporaries()
+        if not resume or self.folder is None:
+            return LoopState()
+        self.require()
+        state = self.restore(**vars(self.parts))
+        if self.best_path.exists():
+            self.best = self.load_best()
+        return state
+
+    def checkpoint(self, state: LoopState) -> None:
+        """Write checkpoint.pt for `state` (nothing when this process writes nothing)."""
+        if self.writes:
+            self.save(**vars(self.parts), loop_state=state)
+
+    def keep_best(self, state: LoopState, epoch: int, value: float) -> None:
+        """Epoch `epoch` (validation `value`) is the best so far: record it and snapshot model and strategy."""
+        state.best_epoch, state.best_value = epoch, value
+        self.best = snapshot(self.parts.model, self.parts.strategy)
+        if self.writes:
+            self.save_best(self.best)
+
+    def load_selected(self) -> None:
+        """Load the best epoch's snapshot into the model and strategy (the run's result); no-op if none."""
+        if self.best is not None:
+            self.parts.model.load_state_dict(self.best["model"])
+            self.parts.strategy.load_state_dict(self.best["strategy"])
 
     def remove_stale_temporaries(self) -> None:
         """Delete `.<name>.*.tmp` files that a killed atomic write left behind (never a real file)."""
-        if self.folder.is_dir():
+        if self.folder is not None and self.folder.is_dir():
             for tmp in self.folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
 
@@ -63,17 +134,17 @@ class Checkpointer:
             raise ResultsError(f"--resume: {self.folder} holds no checkpoint.pt, so there is nothing to resume; "
                                "rerun without --resume to start this run from scratch")
 
-    def save(self, model, optimizer, scheduler, scaler, strategy, loop_state: dict, trace, cfg=None) -> None:
+    def save(self, model, optimizer, scheduler, scaler, strategy, trace, cfg=None, *, loop_state: LoopState) -> None:
         write_checked(self.path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "strategy": strategy.state_dict(), "rng": rng_state(), "loop": dict(loop_state),
+            "strategy": strategy.state_dict(), "rng": rng_state(), "loop": asdict(loop_state),
             "trace": trace.state_dict(), "config": cfg.to_dict() if cfg is not None else None,
         })
 
-    def restore(self, model, optimizer, scheduler, scaler, strategy, trace, cfg=None) -> dict:
-        """Load checkpoint.pt into the given objects; returns the loop state (epoch, batch, best...).
+    def restore(self, model, optimizer, scheduler, scaler, strategy, trace, cfg=None) -> LoopState:
+        """Load checkpoint.pt into the given objects; returns the loop's state (epoch, batch, best...).
 
         Refuses a damaged file (checksum) and, given `cfg`, a checkpoint of another configuration
         (a longer `epochs` continues the same run).
@@ -95,7 +166,7 @@ class Checkpointer:
         strategy.load_state_dict(to_device(ckpt["strategy"], device))
         trace.load_state_dict(ckpt["trace"])
         set_rng_state(ckpt["rng"])
-        return ckpt["loop"]
+        return LoopState(**ckpt["loop"])
 
     def save_best(self, best: dict) -> None:
         atomic_torch_save(best["strategy"], self.best_strategy_path)
