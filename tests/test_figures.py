@@ -30,20 +30,20 @@ def _stamped(fig, text):
 
 
 def test_fig2_fig3_panels_and_synthetic_stamp(runs):
-    fig = figures.fig2(runs["joint"].trace.frame(), "synthetic", figures.SYNTHETIC)
+    fig = figures.joint_dynamics(runs["joint"].trace.frame(), "synthetic", figures.SYNTHETIC)
     assert len(fig.axes) == 3 and _stamped(fig, figures.SYNTHETIC)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("(a)") and titles[1].startswith("(b)") and titles[2].startswith("(c)")
     # (a): one curve per modality plus the fused validation metric; (b) on a log scale
     assert len(fig.axes[0].get_lines()) == 4 and fig.axes[1].get_yscale() == "log"
-    assert len(figures.fig3(runs["cggm"].trace.frame(), "synthetic").axes) == 3
+    assert len(figures.cggm_dynamics(runs["cggm"].trace.frame(), "synthetic").axes) == 3
 
 
 def test_fig6_fig7_and_saving(runs, tmp_path):
     steps = {k: r.trace.steps() for k, r in runs.items()}
-    fig6 = figures.fig6(steps, figures.STANDIN)
+    fig6 = figures.modality_losses(steps, figures.STANDIN)
     assert len(fig6.axes) == 2 and _stamped(fig6, figures.STANDIN)
-    fig7 = figures.fig7(steps["cggm"], rho=1.3, dataset="synthetic")
+    fig7 = figures.balance_over_training(steps["cggm"], rho=1.3, dataset="synthetic")
     ax = fig7.axes[0]
     unchanged = [line for line in ax.get_lines() if line.get_label().startswith("B = 1")]
     assert len(unchanged) == 1 and set(unchanged[0].get_ydata()) == {1.0}
@@ -57,7 +57,7 @@ def test_fig6_fig7_and_saving(runs, tmp_path):
 def test_fig5_bars_in_percentage_points():
     frame = pd.DataFrame({"param": ["rho", "rho", "lam"], "value": [1.0, 1.2, 0.1], "metric": ["acc", "acc", "acc"],
                           "mean": [0.01, 0.02, -0.005], "std": [0.001, float("nan"), 0.0], "n": [3, 1, 3], "standin": False})
-    fig = figures.fig5(frame)
+    fig = figures.rho_lambda_sensitivity(frame)
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([1.0, 2.0]) and fig.axes[1].patches[0].get_height() == pytest.approx(-0.5)
 
@@ -80,7 +80,7 @@ def test_gradients_of_classifiers_and_unimodal_fusion(runs):
     cos = gradients.cosines(got)
     assert len(cos) == 3 * n_mod and cos["cos"].between(-1, 1).all()
     pts = gradients.embed(got, seed=0)
-    fig = figures.fig4({"synthetic": pts}, {"synthetic": figures.SYNTHETIC})
+    fig = figures.gradient_tsne_by_dataset({"synthetic": pts}, {"synthetic": figures.SYNTHETIC})
     assert len(fig.axes[0].collections) == 2 * n_mod and _stamped(fig, figures.SYNTHETIC)
 
 
@@ -113,3 +113,16 @@ def test_explosion_counts():
     got = audit.explosions(steps)
     assert got["|B| > 10"] == 1 and got["B < 0"] == 2 and got["max |B|"] == 1e6 and got["max |L_gm|"] == 5e5
     assert len(audit.deviations()) == len(audit.DEVIATIONS) >= 13
+
+
+def test_every_paper_figure_has_a_function_named_for_what_it_shows():
+    """fig2..fig7 of the pipeline's paper items: each drawn by a descriptive function whose docstring names
+    the paper figure and the file the notebooks save it under."""
+    from cggmlib.repro.index import PAPER_ITEMS
+
+    wanted = {k for k in PAPER_ITEMS if k.startswith("fig")}
+    assert set(figures.PAPER_FIGURES) == wanted
+    for item, draw in figures.PAPER_FIGURES.items():
+        number = item[3:]
+        assert not draw.__name__.startswith("fig"), draw.__name__
+        assert f"Paper Figure {number} (file fig{number}_" in draw.__doc__, draw.__name__

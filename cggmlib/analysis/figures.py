@@ -119,13 +119,13 @@ def modality_dynamics(trace: pd.DataFrame, title: str = "", note: str | None = N
     return fig
 
 
-def fig2(trace: pd.DataFrame, dataset: str = "mosi", note: str | None = None):
-    """Figure 2: joint training on `dataset` (the paper: CMU-MOSI)."""
+def joint_dynamics(trace: pd.DataFrame, dataset: str = "mosi", note: str | None = None):
+    """Paper Figure 2 (file fig2_<dataset>_joint): per-modality dynamics of joint training on `dataset` (the paper: CMU-MOSI)."""
     return modality_dynamics(trace, f"Figure 2: joint training ({dataset})", note)
 
 
-def fig3(trace: pd.DataFrame, dataset: str = "mosi", note: str | None = None):
-    """Figure 3: the same quantities with CGGM."""
+def cggm_dynamics(trace: pd.DataFrame, dataset: str = "mosi", note: str | None = None):
+    """Paper Figure 3 (file fig3_<dataset>_cggm): the same per-modality dynamics with CGGM."""
     return modality_dynamics(trace, f"Figure 3: CGGM ({dataset})", note)
 
 
@@ -141,8 +141,9 @@ def gradient_tsne(points: pd.DataFrame, ax=None, title: str = ""):
     return ax
 
 
-def fig4(embeddings: dict[str, pd.DataFrame], notes: dict[str, str | None] | None = None):
-    """Figure 4: one t-SNE panel per dataset of classifier and unimodal gradients (one point per batch)."""
+def gradient_tsne_by_dataset(embeddings: dict[str, pd.DataFrame], notes: dict[str, str | None] | None = None):
+    """Paper Figure 4 (file fig4_gradient_tsne): one t-SNE panel per dataset of classifier and unimodal gradients
+    (one point per batch)."""
     sns.set_theme(style="white", context="notebook")
     fig, axes = plt.subplots(1, max(1, len(embeddings)), figsize=(4.6 * max(1, len(embeddings)), 4.4), squeeze=False)
     for ax, (d, pts) in zip(axes[0], embeddings.items()):
@@ -174,8 +175,8 @@ def sensitivity(frame: pd.DataFrame, param: str, ax=None, symbol: str = ""):
     return ax
 
 
-def fig5(frame: pd.DataFrame, dataset: str = "iemocap", note: str | None = None):
-    """Figure 5: sensitivity to ρ (a) and λ (b) on `dataset` (the paper: IEMOCAP)."""
+def rho_lambda_sensitivity(frame: pd.DataFrame, dataset: str = "iemocap", note: str | None = None):
+    """Paper Figure 5 (file fig5_iemocap_sensitivity): sensitivity to ρ (a) and λ (b) on `dataset` (the paper: IEMOCAP)."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     sensitivity(frame, "rho", ax=axes[0], symbol="ρ").set_title("(a) ρ")
@@ -187,8 +188,9 @@ def fig5(frame: pd.DataFrame, dataset: str = "iemocap", note: str | None = None)
     return fig
 
 
-def fig6(traces: dict[str, pd.DataFrame], note: str | None = None, smooth: int = 10):
-    """Figure 6: each modality classifier's loss over training, one panel per run ((a) joint, (b)–(d) CGGM)."""
+def modality_losses(traces: dict[str, pd.DataFrame], note: str | None = None, smooth: int = 10):
+    """Paper Figure 6 (file fig6_<dataset>_losses): each modality classifier's loss over training, one panel per run
+    ((a) joint, (b)–(d) CGGM)."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, max(1, len(traces)), figsize=(4.2 * max(1, len(traces)), 3.6), sharey=True, squeeze=False)
     for k, (ax, (label, steps)) in enumerate(zip(axes[0], traces.items())):
@@ -214,8 +216,9 @@ def balance_terms(steps: pd.DataFrame, rho: float, ax=None, smooth: int = 10, ti
     return ax
 
 
-def fig7(steps: pd.DataFrame, rho: float, dataset: str = "iemocap", note: str | None = None, smooth: int = 10):
-    """Figure 7: the balancing term of each modality over training iterations (CGGM run on `dataset`)."""
+def balance_over_training(steps: pd.DataFrame, rho: float, dataset: str = "iemocap", note: str | None = None, smooth: int = 10):
+    """Paper Figure 7 (file fig7_<dataset>_balance): the balancing term of each modality over training iterations
+    (a CGGM run on `dataset`)."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     balance_terms(steps, rho, ax=ax, smooth=smooth, title=f"Figure 7: balancing term ρ·B_m during training ({dataset})")
@@ -225,5 +228,10 @@ def fig7(steps: pd.DataFrame, rho: float, dataset: str = "iemocap", note: str | 
     return fig
 
 
-__all__ = ["balance_terms", "data_note", "dynamics", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "gradient_tsne", "modality_columns",
-           "modality_dynamics", "per_modality", "save", "sensitivity", "standin_note"]
+#: the paper's figure numbers -> the function that draws each (the notebooks save them as fig<N>_*.png)
+PAPER_FIGURES = {"fig2": joint_dynamics, "fig3": cggm_dynamics, "fig4": gradient_tsne_by_dataset,
+                 "fig5": rho_lambda_sensitivity, "fig6": modality_losses, "fig7": balance_over_training}
+
+__all__ = ["PAPER_FIGURES", "balance_over_training", "balance_terms", "cggm_dynamics", "data_note", "dynamics",
+           "gradient_tsne", "gradient_tsne_by_dataset", "joint_dynamics", "modality_columns", "modality_dynamics",
+           "modality_losses", "per_modality", "rho_lambda_sensitivity", "save", "sensitivity", "standin_note"]
