@@ -89,6 +89,18 @@ def _json_default(o):
     return repr(o)
 
 
+def write_block(path, text: str, name: str) -> None:
+    """Replace what lies between `<!-- {name}:begin -->` and `<!-- {name}:end -->` in the Markdown file
+    `path` with `text` (how commands write their measured tables into docs/)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    path = Path(path)
+    doc = path.read_text()
+    if begin not in doc or end not in doc:
+        raise ResultsError(f"{path}: no {begin} ... {end} block to replace; add the two markers where the text goes")
+    head, rest = doc.split(begin, 1)
+    atomic_write_text(path, f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+
+
 def read_json(path, lenient: bool = False):
     """The content of a JSON file, or None when it does not exist (lenient: also when it cannot be read or
     is not JSON; otherwise those raise)."""

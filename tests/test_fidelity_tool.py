@@ -9,6 +9,7 @@ import torch
 
 import cggmlib as cg
 from cggmlib.fidelity import released, weights
+from cggmlib.files import write_block
 from cggmlib.models.food import FoodModel
 from cggmlib.models.msa import MSAModel
 
@@ -49,11 +50,11 @@ def test_released_state_dicts_map_onto_every_parameter(food):
 def test_write_block_replaces_only_the_marked_text(tmp_path):
     doc = tmp_path / "m.md"
     doc.write_text("before\n<!-- fidelity:begin -->\nold\n<!-- fidelity:end -->\nafter\n")
-    released.write_block(doc, "new table")
+    write_block(doc, "new table", "fidelity")
     assert doc.read_text() == "before\n<!-- fidelity:begin -->\nnew table\n<!-- fidelity:end -->\nafter\n"
     (tmp_path / "n.md").write_text("no markers")
-    with pytest.raises(cg.ConfigError, match="no <!-- fidelity:begin -->"):
-        released.write_block(tmp_path / "n.md", "x")
+    with pytest.raises(cg.ResultsError, match="no <!-- fidelity:begin -->"):
+        write_block(tmp_path / "n.md", "x", "fidelity")
 
 
 def test_a_folder_that_is_not_the_released_code_is_named(tmp_path):

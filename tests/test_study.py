@@ -7,7 +7,7 @@ import torch
 
 from cggmlib.repro import study
 from cggmlib.data import load_data
-from cggmlib.errors import ConfigError
+from cggmlib.errors import ConfigError, ResultsError
 
 
 def test_probe_reads_a_separable_feature_perfectly_and_noise_at_chance():
@@ -155,3 +155,44 @@ def test_the_worker_notebook_trains_a_study_spec_with_its_data_setting(tmp_path)
                                     "settings": settings, "threads": 1}, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data_kwargs"] == {"setting": "imbalanced", "num_samples": 200}
+
+
+def _evidence_tables(folder):
+    """The three tables `make reproduce` writes for the study, in their CSV columns, with chosen values."""
+    import pandas as pd
+
+    folder.mkdir()
+    rows = [("joint", "a", -0.05, -0.08, -0.02, None, None, None), ("joint", "b", 0.0, -0.01, 0.01, None, None, None),
+            ("joint", "fused", 0.0, 0.0, 0.0, None, None, None),
+            ("cggm", "a", -0.03, -0.06, 0.0, 0.02, 0.01, 0.03), ("cggm", "b", 0.0, -0.01, 0.01, 0.0, -0.01, 0.01),
+            ("cggm", "fused", 0.0, 0.0, 0.0, -0.004, -0.01, 0.002)]
+    pd.DataFrame([{"dataset": "mfeat", "method": m, "modality": mod, "n": 2, "value": 0.9, "gap": g, "gap_low": lo,
+                   "gap_high": hi, "vs_joint": v, "vs_joint_low": vl, "vs_joint_high": vh}
+                  for m, mod, g, lo, hi, v, vl, vh in rows]).to_csv(folder / "imbalance_study.csv", index=False)
+    pd.DataFrame([{"quantity": q, "modality": "a", "sd_fixed_weights": 0.061, "robust_sd_fixed_weights": 0.45,
+                   "var_step_fixed": 1.0, "var_step_training": 1.2, "noise_fraction": 0.86, "dataset": "mfeat",
+                   "batch_size": 64} for q in ("eps", "delta", "balance", "guarded")]).to_csv(
+        folder / "imbalance_noise.csv", index=False)
+    pd.DataFrame([{"dataset": "mfeat", "B": b, "kind": "within_window", "modality": "", "n": 450, "rho": r, "p": p,
+                   "method": "joint"} for b, r, p in (("balance", 0.014, 0.7666), ("guarded", -0.1005, 0.0))]).to_csv(
+        folder / "imbalance_speed.csv", index=False)
+
+
+def test_evidence_page_blocks_are_written_from_the_tables(tmp_path):
+    """docs/evidence.md's numbers come from `python -m cggmlib.repro.study --docs ... --tables ...`."""
+    from pathlib import Path
+
+    _evidence_tables(tmp_path / "tables")
+    doc = tmp_path / "evidence.md"
+    page = (Path(__file__).parents[1] / "docs" / "evidence.md").read_text()
+    doc.write_text(page)
+    assert study.main(["--docs", str(doc), "--tables", str(tmp_path / "tables")]) == 0
+    text = doc.read_text()
+    assert "a -5.0 [-8.0, -2.0]" in text and "1 of 2 modalities are below" in text  # the gaps
+    assert "cggm vs joint: probe higher on a; fused test accuracy -0.4 points [-1.0, +0.2]" in text
+    assert "median 86% of the released B_m" in text  # the noise block
+    assert "| joint | mfeat | +0.01 (p = 0.77) | -0.10 (p < 1e-4) | 450 |" in text  # the speed block
+    outside = text.split("<!-- evidence-study:begin -->")[0]
+    assert outside == page.split("<!-- evidence-study:begin -->")[0]  # the prose is left alone
+    with pytest.raises(ResultsError, match="missing"):
+        study.evidence_blocks(tmp_path)

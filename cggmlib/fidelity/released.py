@@ -26,6 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import ConfigError
+from ..files import write_block
 from . import weights
 
 #: fixed shapes: MOSI (aligned features, 300/5/20), IEMOCAP (300/74/35), Food-101 (768-d tokens)
@@ -239,14 +240,4 @@ def main(argv=None) -> None:
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
     if args.write_docs:
-        write_block(args.write_docs, f"{header}:\n\n{markdown(results)}")
-
-
-def write_block(path: Path, text: str, name: str = "fidelity") -> None:
-    """Replace what lies between `<!-- {name}:begin -->` and `<!-- {name}:end -->` in `path` with `text`."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    doc = path.read_text()
-    if begin not in doc or end not in doc:
-        raise ConfigError(f"{path}: no {begin} ... {end} block to replace; add the two markers where the table goes")
-    head, rest = doc.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+        write_block(args.write_docs, f"{header}:\n\n{markdown(results)}", "fidelity")

@@ -562,6 +562,49 @@ def write(found: list[dict], out) -> "pd.DataFrame":
     return table
 
 
+#: the blocks of docs/evidence.md that `evidence_blocks` writes, and the tables each is read from
+EVIDENCE_TABLES = {"study": "imbalance_study.csv", "noise": "imbalance_noise.csv", "speed": "imbalance_speed.csv"}
+
+
+def evidence_blocks(tables_dir) -> dict[str, str]:
+    """docs/evidence.md's measured text, generated from a results folder's tables (`make reproduce` writes
+    them to results/smoke/tables): {"study": gaps and paired differences, "noise": B_m's batch noise,
+    "speed": B_m against held-out learning speed}."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    folder = Path(tables_dir)
+    missing = [name for name in EVIDENCE_TABLES.values() if not (folder / name).is_file()]
+    if missing:
+        raise ResultsError(f"{folder}: missing {missing}; run `make reproduce` (or notebook 41) first, which writes them")
+    read = {block: pd.read_csv(folder / name) for block, name in EVIDENCE_TABLES.items()}
+    source = f"*Written by `python -m cggmlib.repro.study --docs docs/evidence.md --tables {tables_dir}`.*"
+    noise = read["noise"]
+    noise_text = "\n\n".join(describe_noise(part, f"**{dataset}, batches of {size}.** ")
+                              for (dataset, size), part in noise.groupby(["dataset", "batch_size"], sort=False))
+    speed = read["speed"][read["speed"]["kind"] == "within_window"]
+    rows = ["| run | dataset | released B_m | guarded B_m | pairs |", "|---|---|---|---|---|"]
+    for (method, dataset), part in speed.groupby(["method", "dataset"], sort=False):
+        by = part.set_index("B")
+        cells = [f"{by.loc[b, 'rho']:+.2f} ({_p(by.loc[b, 'p'])})" for b in ("balance", "guarded")]
+        rows.append(f"| {method} | {dataset} | {cells[0]} | {cells[1]} | {int(by.loc['guarded', 'n'])} |")
+    return {"study": f"{source}\n\n{describe_gaps(read['study'])}", "noise": f"{source}\n\n{noise_text}",
+            "speed": f"{source}\n\n" + "\n".join(rows)}
+
+
+def _p(p: float) -> str:
+    return "p < 1e-4" if p < 1e-4 else f"p = {p:.2g}"  # the table keeps 4 decimals
+
+
+def write_evidence(doc, tables_dir) -> None:
+    """Replace the generated blocks of `doc` (docs/evidence.md) with `evidence_blocks(tables_dir)`."""
+    from ..files import write_block
+
+    for name, text in evidence_blocks(tables_dir).items():
+        write_block(doc, text, f"evidence-{name}")
+
+
 def main(argv=None) -> int:
     """`python -m cggmlib.repro.study`: train (or reuse) the study's runs, write its table and figure, print the text."""
     import argparse
@@ -576,7 +619,14 @@ def main(argv=None) -> int:
     p.add_argument("--results", default="results/study")
     p.add_argument("--speed-every", type=int, default=5, help="steps between held-out probes when the first seed's "
                    "joint and cggm runs are retrained under observation (B_m against learning speed); 0: skip")
+    p.add_argument("--docs", default=None, help="train nothing: write the measured blocks of this Markdown file "
+                   "(docs/evidence.md) from the tables in --tables")
+    p.add_argument("--tables", default="results/smoke/tables", help="with --docs: the folder holding "
+                   "imbalance_study.csv, imbalance_noise.csv and imbalance_speed.csv (make reproduce writes them)")
     args = p.parse_args(argv)
+    if args.docs:
+        write_evidence(args.docs, args.tables)
+        return 0
     torch.set_num_threads(1)
     found = runs(args.datasets, args.seeds, args.strategies, args.epochs, args.results, args.data_root, args.preset)
     table = write(found, args.results)
