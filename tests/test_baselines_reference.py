@@ -327,3 +327,16 @@ def test_docs_baselines_page_is_the_rendered_references():
     assert page.read_text() == render(), (
         "docs/baselines.md is stale: run `python -m cggmlib.modulation.references > docs/baselines.md`")
     assert "0.336" in render() and "no reference found" in render()
+
+
+def test_every_baseline_has_a_reference_or_says_it_has_none():
+    """All 15 registered baselines (every strategy but CGGM) appear on docs/baselines.md exactly once, each
+    with a repository@commit or an explicit "no reference" with what was searched."""
+    from cggmlib.modulation import STRATEGIES
+    from cggmlib.modulation.references import references
+
+    listed = [s for ref in references() for s in ref.strategies]
+    assert sorted(listed) == sorted(set(STRATEGIES) - {"cggm"}) and len(listed) == 15
+    for ref in references():
+        assert "@" in ref.code or ref.code.startswith("no "), ref.strategies
+        assert all(":" in f for f in ref.files), ref.strategies  # file:line
