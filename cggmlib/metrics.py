@@ -1,6 +1,6 @@
 """Task metrics as pure functions of predictions and targets (tensors in, floats or tensors out).
 
-Reference code: zrguo/CGGM:src/eval_metrics.py (itself MulT's), re-written; the tests check each
+Reference code: zrguo/CGGM@21e428c src/eval_metrics.py (itself MulT's), re-written; the tests check each
 function against scikit-learn or hand-computed values.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def sign_accuracy(pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype =
     """Binary accuracy of (pred > 0) against (target > 0): the official per-batch MOSI metric ε.
 
     The two classes are positive (> 0) and non-positive (≤ 0): a score of exactly 0 falls on the
-    negative side, as zrguo/CGGM:src/eval_metrics.py `train_eval_senti` (MulT's `> 0`). This is not
+    negative side, as zrguo/CGGM@21e428c src/eval_metrics.py `train_eval_senti` (MulT's `> 0`). This is not
     the "negative/non-negative" split (≥ 0) of MMSA-style tables (`acc2_nonneg` of regression_metrics).
     """
     return ((pred.flatten() > 0) == (target.flatten() > 0)).to(dtype).mean()

@@ -1,7 +1,7 @@
 """The one training loop, `train()`, and its step `train_step()`. Every method plugs in as a Strategy;
 `evaluate()` and the epoch selection live in cggmlib/training/protocol.py.
 
-Order of one step (as zrguo/CGGM:src/msatrain.py): forward → loss → backward → (unscale) →
+Order of one step (as zrguo/CGGM@21e428c src/msatrain.py): forward → loss → backward → (unscale) →
 strategy.after_backward (gradient modulation) → (average over ranks) → clip → optimizer.step.
 Nothing in a step reads a device value on the host (no GPU synchronisation): logged values stay
 tensors until the trace moves them in batches, and the non-finite check follows the trace on a GPU

@@ -1,6 +1,6 @@
 """Baselines against their released code: our transcriptions of the reference expressions, each citing
 repository@commit file:line, compared with the strategies' coefficients on random inputs, ties and
-epoch boundaries, plus 20-step end-to-end runs (OGM, PMR) on a tiny model; and docs/baselines.md
+epoch boundaries, plus 20-step end-to-end runs (OGM, PMR, MMPareto) on a tiny model; and docs/baselines.md
 against its generator.
 
 The transcriptions are short, written from reading the released code; none of it is copied.
@@ -152,9 +152,10 @@ def symmetric(model: Tiny) -> Tiny:
     return model
 
 
-def run_ours(strategy, model, data, steps, lr=0.1):
-    strategy.setup(model, data)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+def run_ours(strategy, model, data, steps, lr=0.1, setup=True):
+    if setup:
+        strategy.setup(model, data)
+    opt = torch.optim.SGD([*model.parameters(), *strategy.parameters()], lr=lr)
     per_epoch = len(data.train)
     for epoch in range(-(-steps // per_epoch)):
         strategy.on_epoch_start(model, data, epoch)
@@ -263,6 +264,68 @@ def test_pmr_twenty_one_steps_over_seven_epochs_equal_the_released_run():
         assert not all(torch.allclose(p, q, atol=1e-5) for p, q in zip(other.parameters(), ref.parameters())), option
 
 
+def ref_min_norm_from2(v11: float, v12: float, v22: float) -> float:
+    """GeWu-Lab/MMPareto_ICML2024@a339db3 code/min_norm_solvers.py:9-29 (`_min_norm_element_from2`)."""
+    if v12 >= v11:
+        return 0.999
+    if v12 >= v22:
+        return 0.001
+    return -1.0 * ((v12 - v22) / (v11 + v22 - 2 * v12))
+
+
+def ref_mmpareto_run(model, heads, data, steps, lr=0.1, gamma=1.5):
+    """MMPareto_ICML2024@a339db3 code/MMPareto.py:57-209: three backward passes (118-147), equal weights
+    when the cosine is positive, else min-norm (165-174), γ = 1.5 and the per-tensor rule (178-207)."""
+    opt = torch.optim.SGD([*model.parameters(), *heads.parameters()], lr=lr)
+    enc = {m: list(model.encoders[m].parameters()) for m in "av"}
+    batches, conflicts = list(data.train), 0
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        opt.zero_grad()
+        feats = model.encode(batch.inputs)
+        losses = {"both": F.cross_entropy(model.fuse(feats), batch.target)}
+        losses |= {m: F.cross_entropy(heads[m](feats[m]), batch.target) for m in "av"}
+        grads = {}
+        for name, loss in losses.items():
+            loss.backward(retain_graph=True)
+            grads[name] = {m: [p.grad.clone() for p in enc[m]] for m in ("av" if name == "both" else name)}
+            opt.zero_grad()
+        k = {}
+        for m in "av":
+            both = torch.cat([g.flatten() for g in grads["both"][m]])
+            uni = torch.cat([g.flatten() for g in grads[m][m]])
+            if F.cosine_similarity(both, uni, dim=0) > 0:
+                k[m] = (0.5, 0.5)
+            else:
+                conflicts += 1
+                c = ref_min_norm_from2(float(both @ both), float(both @ uni), float(uni @ uni))
+                k[m] = (c, 1 - c)
+        sum(losses.values()).backward()
+        for m in "av":
+            for p, g_both, g_uni in zip(enc[m], grads["both"][m], grads[m][m]):
+                new = 2 * k[m][0] * g_both + 2 * k[m][1] * g_uni
+                diff = torch.norm(p.grad) / torch.norm(new)
+                p.grad = diff * new * gamma if diff > 1 else new * gamma
+        opt.step()
+    return model, heads, conflicts
+
+
+def test_mmpareto_twenty_steps_equal_the_released_step():
+    torch.manual_seed(0)
+    data = tiny_data(n=40, batch_size=8)
+    model = Tiny()
+    strategy = make_strategy("mmpareto")
+    ours = copy.deepcopy(model)
+    strategy.setup(ours, data)
+    ref, ref_heads, conflicts = ref_mmpareto_run(copy.deepcopy(model), copy.deepcopy(strategy.heads), data, 20)
+    run_ours(strategy, ours, data, 20, setup=False)
+    assert conflicts > 0  # the min-norm branch was taken on the way
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    for (name, p), q in zip(strategy.heads.named_parameters(), ref_heads.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+
 # ------------------------------------------------------------------ schedules at epoch boundaries
 
 def test_greedy_unlocks_in_the_epoch_the_released_callback_unlocks():
@@ -327,3 +390,16 @@ def test_docs_baselines_page_is_the_rendered_references():
     assert page.read_text() == render(), (
         "docs/baselines.md is stale: run `python -m cggmlib.modulation.references > docs/baselines.md`")
     assert "0.336" in render() and "no reference found" in render()
+
+
+def test_every_baseline_has_a_reference_or_says_it_has_none():
+    """All 15 registered baselines (every strategy but CGGM) appear on docs/baselines.md exactly once, each
+    with a repository@commit or an explicit "no reference" with what was searched."""
+    from cggmlib.modulation import STRATEGIES
+    from cggmlib.modulation.references import references
+
+    listed = [s for ref in references() for s in ref.strategies]
+    assert sorted(listed) == sorted(set(STRATEGIES) - {"cggm"}) and len(listed) == 15
+    for ref in references():
+        assert "@" in ref.code or ref.code.startswith("no "), ref.strategies
+        assert all(":" in f for f in ref.files), ref.strategies  # file:line

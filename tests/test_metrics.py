@@ -37,7 +37,7 @@ def test_f1_by_hand():
 
 
 def mosi_reference(p: np.ndarray, t: np.ndarray) -> dict:
-    """The MOSI metrics written with numpy/sklearn, as zrguo/CGGM:src/eval_metrics.py `eval_senti`."""
+    """The MOSI metrics written with numpy/sklearn, as zrguo/CGGM@21e428c src/eval_metrics.py `eval_senti`."""
     nz = t != 0
     return {"acc2": accuracy_score(t > 0, p > 0), "f1": f1_score(t > 0, p > 0, average="weighted"),
             "acc2_nonzero": accuracy_score(t[nz] > 0, p[nz] > 0),

@@ -60,7 +60,7 @@ DEVIATIONS = [
      "60_audit: reproduced, and the correction's effect"),
     ("2.5b", "BraTS best Dice never updates (prints Dice: 0)", "per-region Dice of the selected epoch", "60_audit: metrics"),
     ("2.5c", "SegLoss 0.5·CE + 0.5·(1 − Dice) vs paper Dice + 1·CE", "the code's 0.5/0.5 (task option)", "cggmlib/tasks.py"),
-    ("§9", "paper: ρ inside B, ε = MAE for regression, gradient cosine", "variant='paper' implements them",
+    ("PV", "paper: ρ inside B, ε = MAE for regression, gradient cosine", "variant='paper' implements them",
      "60_audit: official vs paper variant"),
 ]
 

@@ -7,7 +7,7 @@ Reads the challenge layout `DATA_ROOT/brats2021/BraTS2021_<id>/BraTS2021_<id>_<m
 160 x 160 slices (`brats_slices`): inputs {"flair", "t1ce", "t1", "t2"} each (B, 1, 160, 160) float32,
 target (B, 160, 160) int64 with label 4 remapped to 3, `meta["case"]` for per-volume Dice.
 
-Reference code: zrguo/CGGM:datasets/BratsDataset.py, zrguo/CGGM:datasets/dataloader.py.
+Reference code: zrguo/CGGM@21e428c datasets/BratsDataset.py, zrguo/CGGM@21e428c datasets/dataloader.py.
 
 Deviations from the official code (each in the data card): NIfTI instead of the authors' unpublished
 h5 files, with our own normalisation (z-score on brain voxels); a committed hash-rule case split (the

@@ -5,14 +5,14 @@ Per case (challenge layout `BraTS2021_<id>/BraTS2021_<id>_{flair,t1ce,t1,t2,seg}
    intensities and labels in {0, 1, 2, 4};
 2. z-score each modality over its non-zero (brain) voxels: `NormalizeIntensity(nonzero=True,
    channel_wise=True)`; the background stays 0;
-3. remap label 4 to 3 and center-crop H and W to 160 (as zrguo/CGGM:datasets/BratsDataset.py);
+3. remap label 4 to 3 and center-crop H and W to 160 (as zrguo/CGGM@21e428c datasets/BratsDataset.py);
 4. store `image.npy` (D, 4, 160, 160) float16, slice-major so one axial slice is one contiguous read,
    `label.npy` (D, 160, 160) uint8, and `meta.json` (depth, tumour slices, the source files' sizes,
    mtimes and tail checksums, see `stamp`) written last: a case counts as cached only once its
    meta.json exists and matches.
 Data card: data_cards/brats2021.md.
 
-Reference code: zrguo/CGGM:datasets/BratsDataset.py (label remap, CenterCrop; it reads pre-built h5
+Reference code: zrguo/CGGM@21e428c datasets/BratsDataset.py (label remap, CenterCrop; it reads pre-built h5
 files whose intensity normalisation is not published).
 """
 from __future__ import annotations

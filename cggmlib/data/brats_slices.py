@@ -2,7 +2,7 @@
 
 Sampling (which slices make up one pass):
 - "official": one random slice containing tumour per case, drawn among slices [0, slice_limit) as
-  zrguo/CGGM:datasets/BratsDataset.py does (it draws `np.random.randint(0, 128)` until the label slice
+  zrguo/CGGM@21e428c datasets/BratsDataset.py does (it draws `np.random.randint(0, 128)` until the label slice
   is non-empty). Robust to small volumes: the draw is over the tumour slices below
   min(slice_limit, D); if none, over all tumour slices; a case without tumour gives a random slice.
   For training the draw changes every epoch (seeded by seed, epoch); for evaluation it is fixed by

@@ -2,8 +2,8 @@
 the page text, as CGGM uses it (Guo et al., NeurIPS 2024, Sec. 4.1): frozen ViT-B/16 tokens for the
 image and frozen BERT tokens for the text. Data card: data_cards/food101.md.
 
-Reference code: zrguo/CGGM:datasets/FOODDataset.py (format, CLASS_NAME, tokenisation),
-zrguo/CGGM:src/foodtrain.py (frozen `last_hidden_state` features).
+Reference code: zrguo/CGGM@21e428c datasets/FOODDataset.py (format, CLASS_NAME, tokenisation),
+zrguo/CGGM@21e428c src/foodtrain.py (frozen `last_hidden_state` features).
 
 Deviations from the official code (each in the data card):
 - a real dev split carved from train (stratified, fixed `split_seed`) is used for validation; the
@@ -35,7 +35,7 @@ MODALITIES = ("image", "text")
 KEYS = ("id", "label", "text_tokens", "img_path")
 ROW = 'a JSON list of objects {"id": str, "label": class name, "text_tokens": [str, ...], "img_path": str}'
 
-#: the 101 class names in the official order (zrguo/CGGM:datasets/FOODDataset.py CLASS_NAME); index = target
+#: the 101 class names in the official order (zrguo/CGGM@21e428c datasets/FOODDataset.py CLASS_NAME); index = target
 CLASS_NAMES = (
     "apple_pie baby_back_ribs baklava beef_carpaccio beef_tartare beet_salad beignets bibimbap bread_pudding "
     "breakfast_burrito bruschetta caesar_salad cannoli caprese_salad carrot_cake ceviche cheese_plate cheesecake "

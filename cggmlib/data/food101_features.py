@@ -1,6 +1,6 @@
 """Frozen BERT / ViT token features for UPMC-Food101, computed once and cached on disk.
 
-The official trainer (zrguo/CGGM:src/foodtrain.py) runs the frozen `ViTModel` and `BertModel` on
+The official trainer (zrguo/CGGM@21e428c src/foodtrain.py) runs the frozen `ViTModel` and `BertModel` on
 every batch of every epoch and keeps `last_hidden_state`: image (B, 197, 768), text (B, 50, 768).
 Since both are frozen and evaluated under `no_grad`, the same tokens can be computed once; we store
 them as float16 `.npy` files under `cache/<key>/<split>.{image,text}.npy`, where `key` hashes the
@@ -9,8 +9,8 @@ manifest `<split>.json` (holding the SHA-256 of the split's JSON file and a dige
 `image_digests`) is written last, so a killed extraction never leaves a cache that looks complete, and
 an image changed after extraction makes the cache stale (recomputed, with a message saying so). Data card: data_cards/food101.md.
 
-Reference code: zrguo/CGGM:datasets/FOODDataset.py (tokenisation: `' '.join(text_tokens)`, padding
-and truncation to 50; images: Resize 224 + ToTensor), zrguo/CGGM:src/foodtrain.py.
+Reference code: zrguo/CGGM@21e428c datasets/FOODDataset.py (tokenisation: `' '.join(text_tokens)`, padding
+and truncation to 50; images: Resize 224 + ToTensor), zrguo/CGGM@21e428c src/foodtrain.py.
 """
 from __future__ import annotations
 

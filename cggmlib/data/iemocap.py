@@ -7,7 +7,7 @@ Network", ACL 2021 (AIM3-RUC/MMIN), as CGGM does, from the dataset folder:
 (one-hot labels (N, 4), argmaxed; int2name rows whose [0] is the bytes utterance id).
 Modalities in the official order: text (L), audio (A), vision (V); one 4-way head (`Classification(4)`).
 
-Reference code: zrguo/CGGM:datasets/IEMODataset.py (a trimmed AIM3-RUC/MMIN:data/multimodal_dataset.py).
+Reference code: zrguo/CGGM@21e428c datasets/IEMODataset.py (a trimmed AIM3-RUC/MMIN:data/multimodal_dataset.py).
 
 Deviations from the official loader (each also in the data card):
 - every modality is zero-padded at the end to the longest utterance *of the batch*; the official collate

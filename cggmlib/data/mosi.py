@@ -7,7 +7,7 @@ of arrays text (N, T, d_t), audio (N, T, d_a), vision (N, T, d_v), labels (N, 1,
 layout (`aligned_50.pkl`, `unaligned_50.pkl`: `text` BERT features, `regression_labels`, ...) is read
 too. Modalities, in the official order: text, audio, vision; inputs (B, T, d) float32, target (B,).
 
-Reference code: zrguo/CGGM:datasets/CMUDataset.py (as yaohungt/Multimodal-Transformer:src/dataset.py);
+Reference code: zrguo/CGGM@21e428c datasets/CMUDataset.py (as yaohungt/Multimodal-Transformer:src/dataset.py);
 thuiar/MMSA:src/MMSA/data_loader.py for the MMSA layout.
 
 Deviations from the official loader (each also listed in the data card):

@@ -181,8 +181,9 @@ def run_ours(task: str, batches, init_model: dict, init_cls: dict, overrides: di
     return model.state_dict(), {m: h.state_dict() for m, h in strategy.classifiers.heads.items()}, eps
 
 
-def compare(rel, task: str, steps: int, batch: int, seed: int = 0) -> list[Result]:
-    """Official variant, then each correction alone, against one run of the released loop."""
+def compare(rel, task: str, steps: int, batch: int, seed: int = 0, only: tuple | None = None) -> list[Result]:
+    """Official variant, then each correction alone (or just the settings named in `only`), against one
+    run of the released loop."""
     batches = make_batches(task, steps, batch, seed)
     init_model, init_cls = (m.state_dict() for m in released_models(rel, task, seed))
     init_model = {k: v.clone() for k, v in init_model.items()}
@@ -191,6 +192,7 @@ def compare(rel, task: str, steps: int, batch: int, seed: int = 0) -> list[Resul
     theirs = weights.model_state(rel_model, list(TASKS[task]["dims"]))
     theirs_cls = weights.classifier_states(rel_cls, list(TASKS[task]["dims"]))
     settings = {"official": {}} | CORRECTIONS | ({"text_projection=own": {"text_projection": "own"}} if task == "food" else {})
+    settings = {k: v for k, v in settings.items() if only is None or k in only}
     results = []
     for name, overrides in settings.items():
         model, heads, eps = run_ours(task, batches, init_model, init_cls, overrides)

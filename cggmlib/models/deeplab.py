@@ -2,7 +2,7 @@
 
 Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image Segmentation"
 (DeepLabV3+), ECCV 2018; He et al., ResNet, CVPR 2016. As CGGM's BraTS model uses them:
-Reference code: zrguo/CGGM:models/segmodel.py (`ResNet`, `Bottleneck`, `ASPP`, `Decoder`).
+Reference code: zrguo/CGGM@21e428c models/segmodel.py (`ResNet`, `Bottleneck`, `ASPP`, `Decoder`).
 
 Built from `monai.networks.blocks.Convolution` (conv + BatchNorm + ReLU). MONAI's own `ResNet` has no
 dilation or multi-grid, and its `SimpleASPP` has neither per-branch BatchNorm nor the image-pooling

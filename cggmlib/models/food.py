@@ -1,6 +1,6 @@
 """CGGM's UPMC-Food101 model (`FoodModel`) over cached frozen ViT and BERT token features.
 
-Guo et al., NeurIPS 2024, Sec. 4.2 and Table 7. Reference code: zrguo/CGGM:models/foodmodel.py
+Guo et al., NeurIPS 2024, Sec. 4.2 and Table 7. Reference code: zrguo/CGGM@21e428c models/foodmodel.py
 (`FoodModel`) with the classifiers of models/msamodel.py.
 
 The same design as `MSAModel` (cggmlib/models/msa.py): per modality a Conv1d(768 → 40, k=1) and a

@@ -1,7 +1,7 @@
 """Token-sequence fusion transformer of CGGM for CMU-MOSI and IEMOCAP (`MSAModel`), and its parts.
 
 Guo et al., NeurIPS 2024, Sec. 4.2 and Table 7; the encoders follow MulT (Tsai et al., ACL 2019).
-Reference code: zrguo/CGGM:models/msamodel.py (`MSAModel`, `Classifier`) and modules/transformer.py.
+Reference code: zrguo/CGGM@21e428c models/msamodel.py (`MSAModel`, `Classifier`) and modules/transformer.py.
 
 Encoder m: Conv1d(d_m → d, k=1) → MulT encoder (embed scale √d, sinusoidal positions from 1,
 embedding dropout, pre-LN layers, final LayerNorm) → (B, T_m, d). Fusion Ω: the sequences

@@ -2,7 +2,7 @@
 multi-encoder U-Net (`MultiEncoderUNet`, cggmlib/models/unet.py); `build_brats` picks one.
 
 Guo et al., NeurIPS 2024, Sec. 4.2 and App. B ("DeepLabv3+ encoders and several convolution layers
-as fusion"). Reference code: zrguo/CGGM:models/segmodel.py (`DeepLabMultiInput`, `SegClassifier`).
+as fusion"). Reference code: zrguo/CGGM@21e428c models/segmodel.py (`DeepLabMultiInput`, `SegClassifier`).
 
 `DeepLabMultiInput`: encoder m = a randomly initialised 1-channel ResNet-101 (output stride 16) and
 its ASPP (dilations [1, 2, 4, 6]); the shared DeepLabV3+ decoder reads the four ASPP outputs and the

@@ -24,7 +24,7 @@ Deviations (each marked where it happens):
   *inputs* and reruns the whole network): cheaper, and a zero feature is what "absent" means to Ω;
 - the sign of r_m follows the official two-modality code, exp(s_other − s_m) = exp(2(mean s − s_m)).
   BalanceBenchmark's M-modality trainer writes exp(M/(M−1)(s_m − mean s)), which for M = 2 flips the
-  rule (it would suppress a modality whose loss rises); the reference notes (§6) copy that form;
+  rule (it would suppress a modality whose loss rises);
 - f(∅) := 0 as in the official 2- and 3-modality `Modality_*` modules (BalanceBenchmark drops the
   empty-set term); ℓ is the task's per-sample loss, so regression (L1) and segmentation (pixel CE)
   get the natural analogue of −log p_y;

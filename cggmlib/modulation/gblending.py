@@ -2,8 +2,9 @@
 overfitting-to-generalisation ratio.
 
 Wang, Tran & Feiszli, "What Makes Training Multi-modal Classification Networks Hard?", CVPR 2020
-(arXiv 1905.12681). No official code is public. Reference code:
-GeWu-Lab/BalanceBenchmark:balancemm/trainer/GBlending_trainer.py (`super_epoch_origin`, online variant).
+(arXiv 1905.12681). No official code is public. Reference code: GeWu-Lab/BalanceBenchmark@4c1482f
+balancemm/trainer/GBlending_trainer.py:292-304 (`training_step`) and 306-376 (`super_epoch_origin`,
+online variant; |ΔG| / ΔO² at 366).
 
 Heads k ∈ {m_1, …, m_M, fused}: g_m = `model.modality_classifier(m)` on features[m] (owned by the
 strategy, trained end to end with encoder m by the loop's optimizer) and the model's fused output.

@@ -1,9 +1,10 @@
 """MMPareto: multimodal and unimodal losses on shared encoders, combined Pareto-style per encoder.
 
 Wei & Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance", ICML 2024.
-Reference code: GeWu-Lab/MMPareto_ICML2024:code/MMPareto.py (`train_epoch`) and
-code/min_norm_solvers.py (`MinNormSolver._min_norm_element_from2`); also
-GeWu-Lab/BalanceBenchmark:balancemm/trainer/MMPareto_trainer.py.
+Reference code: GeWu-Lab/MMPareto_ICML2024@a339db3 code/MMPareto.py:57-209 (`train_epoch`: the
+weights 165-174, γ = 1.5 and the magnitude rule 178-207) and code/min_norm_solvers.py:9-24
+(`MinNormSolver._min_norm_element_from2`); also GeWu-Lab/BalanceBenchmark@4c1482f
+balancemm/trainer/MMPareto_trainer.py:330-406 (`training_step`).
 
 Loss: L = L_mm + Σ_m L_m, with L_m the task loss of a unimodal head on features[m] (not detached:
 the unimodal losses train the shared encoders). For encoder m, with g_mm = ∇θ^{φ_m} L_mm and

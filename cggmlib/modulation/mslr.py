@@ -1,8 +1,8 @@
 """MSLR: modality-specific learning rates for each encoder branch.
 
 Yao & Mihalcea, "Modality-specific Learning Rates for Effective Multimodal Additive Late-fusion",
-Findings of ACL 2022. No official code is public; variants follow the paper's three strategies as
-summarised in the reference (§6), our reading where the summary is silent (marked "reading").
+Findings of ACL 2022. No official code is public; the variants follow the paper's three strategies,
+with our reading where the paper leaves a detail open (marked "reading").
 
 Encoder m is trained with learning rate η_m = s_m · η, η the loop's learning rate:
 - keep:    s_m = lr_scale[m] throughout (the paper sets η_m to the best unimodal learning rate; find it

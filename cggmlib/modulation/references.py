@@ -176,6 +176,67 @@ def references() -> list[Reference]:
             "no reference found (searched: zrguo/CGGM@21e428c, \"modality random dropout\")",
             (), ("per sample and modality Bernoulli(p) dropping, never every modality of a sample",),
             (Deviation("p = 0.5 and zeroed inputs are our choices (no released default)", "p, where=\"feature\""),)),
+        Reference(
+            ("mmpareto",), "Wei & Hu, ICML 2024", "GeWu-Lab/MMPareto_ICML2024@a339db3",
+            ("code/MMPareto.py:57-209 (train_epoch)", "code/MMPareto.py:165-174 (equal weights when cos > 0, else "
+             "min-norm)", "code/MMPareto.py:178-207 (γ = 1.5, per-tensor magnitude rule)",
+             "code/min_norm_solvers.py:9-24 (two-objective min-norm weight, clipped to [0.001, 0.999])",
+             "GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/MMPareto_trainer.py:330-406 (the same step)"),
+            ("L = L_mm + Σ_m L_m; encoders get 2·k_mm·g_mm + 2·k_m·g_m, heads and fusion their ordinary gradients",
+             "(k_mm, k_m) = (½, ½) when cos(g_mm, g_m) > 0, else the two-objective min-norm weights",
+             "per parameter tensor: ∇ ← 1.5 · max(‖g_mm + g_m‖ / ‖g_new‖, 1) · g_new"),
+            (Deviation("one unimodal head per modality from `model.modality_classifier(m)` (the released model "
+                       "has its audio and visual heads built in)"),
+             Deviation("g_m taken with one autograd call and g_mm by subtraction (released: three backward passes); "
+                       "the same numbers up to rounding"),
+             Deviation("any task and any M (the unimodal loss is the task's own; released: CE, audio and visual)"))),
+        Reference(
+            ("gblending",), "Wang, Tran & Feiszli, CVPR 2020",
+            "no release by the authors found (searched: paper title, \"gradient blending\", \"G-Blending\"); "
+            "compared with GeWu-Lab/BalanceBenchmark@4c1482f",
+            ("balancemm/trainer/GBlending_trainer.py:292-304 (training_step: Σ_k w_k · CE_k)",
+             "balancemm/trainer/GBlending_trainer.py:306-376 (super_epoch_origin: |ΔG| / ΔO² at 366, "
+             "normalised at 368-372)"),
+            ("L = Σ_k w_k · L_task(head_k) over the M unimodal heads and the fused head",
+             "w_k = ΔG_k / ΔO_k², normalised to sum 1, re-estimated every `super_epoch` = 10 epochs from copies "
+             "that train head k alone"),
+            (Deviation("ΔG_k ≤ 0 gives w_k = 0 (BalanceBenchmark takes |ΔG_k|, so a head that got worse on "
+                       "validation still gains weight)"),
+             Deviation("losses are means over samples (BalanceBenchmark sums batch losses, whose number differs "
+                       "between train and validation)"),
+             Deviation("the start point is the current model (BalanceBenchmark measures after the copy's first "
+                       "epoch); ε = 1e-8 is added to ΔO²"),
+             Deviation("a cheaper estimate from the run's own trajectory, without copies", "estimate=\"trajectory\""))),
+        Reference(
+            ("mslr",), "Yao & Mihalcea, Findings of ACL 2022",
+            "no reference found (searched: paper title, \"modality-specific learning rates\", \"MSLR\"; "
+            "BalanceBenchmark@4c1482f has no MSLR trainer)",
+            (), ("the paper's three strategies: keep, smooth and dynamic per-encoder learning rates",
+                 "keep: encoder m steps with s_m · η exactly, for SGD and Adam (tested against a per-group "
+                 "learning rate)"),
+            (Deviation("smooth: a per-branch plateau decay of s_m by `decay` (our reading of the paper)",
+                       "variant=\"smooth\""),
+             Deviation("dynamic: s_m ∝ branch m's validation loss over the mean (our reading of the paper)",
+                       "variant=\"dynamic\""),
+             Deviation("a branch's prediction is the fusion module fed that modality alone (exact for additive "
+                       "late fusion, up to the bias)"))),
+        Reference(
+            ("unimodal",), "single-modality rows of the CGGM paper (Guo et al., NeurIPS 2024, Sec. 4.3-4.4)",
+            "zrguo/CGGM@21e428c (a `Unimodal` model that the released scripts never call); compared with "
+            "GeWu-Lab/BalanceBenchmark@4c1482f",
+            ("zrguo/CGGM models/segmodel.py:330 (Unimodal: one backbone and its decoder)",
+             "BalanceBenchmark balancemm/trainer/unimodal_trainer.py:90-102 (training_step: the task loss of one "
+             "modality's model)"),
+            ("one modality's encoder and its own head, trained alone on the task loss; the other encoders never run",),
+            (Deviation("the encoder is the multimodal model's encoder m (same architecture and initialisation as in "
+                       "joint training), not a separately defined network"),
+             Deviation("the head is `model.modality_classifier(m)`, trained and clipped by the loop's optimizer"))),
+        Reference(
+            ("joint",), "plain joint training, the baseline every method modulates",
+            "no modulation, so nothing to transcribe; compared with GeWu-Lab/BalanceBenchmark@4c1482f",
+            ("balancemm/trainer/baseline_trainer.py:86-97 (training_step: the task loss of the fused output)",),
+            ("one loss, the task loss of the fused prediction, backpropagated through every encoder",),
+            (Deviation("any task loss (BalanceBenchmark: cross-entropy)"),)),
     ]
 
 

@@ -1,7 +1,7 @@
 """Unimodal teachers for UMT and UME: one `unimodal` run per modality, trained once and cached.
 
 Du, Teng, Wang, Yang, Li, Gao, Chen, Zhao & Wei, "On Uni-Modal Feature Learning in Supervised
-Multi-Modal Learning", ICML 2023. Reference code: GeWu-Lab/BalanceBenchmark:
+Multi-Modal Learning", ICML 2023. Reference code: GeWu-Lab/BalanceBenchmark@4c1482f
 balancemm/trainer/UMT_trainer.py (loads the newest `unimodalTrainer_<m>` checkpoint per modality).
 
 Teacher m is a deep copy of the multimodal model trained with `Unimodal(modality=m)` through the one

@@ -3,8 +3,9 @@
 The single-modality rows of the CGGM paper's tables and the "unimodal training" column of its Table 5
 (Guo et al., NeurIPS 2024, Sec. 4.3–4.4: "three separate models", one per modality). The UMT/UME
 baselines (Du et al., ICML 2023) pretrain their teachers with it.
-Reference code: zrguo/CGGM:models/segmodel.py `Unimodal` (one backbone plus its decoder, never called
-there); GeWu-Lab/BalanceBenchmark:balancemm/trainer/unimodal_trainer.py.
+Reference code: zrguo/CGGM@21e428c models/segmodel.py:330 `Unimodal` (one backbone plus its decoder,
+never called there); GeWu-Lab/BalanceBenchmark@4c1482f balancemm/trainer/unimodal_trainer.py:90-102
+(`training_step`).
 
 The model is modality m's encoder φ_m followed by a head g_m = `model.modality_classifier(m)` (the same
 architecture as CGGM's classifier f_m, but trained end to end with the encoder, not on detached
