@@ -108,6 +108,11 @@ class DatasetFacts:
     """the metrics that table reports, in its column order"""
     official: tuple | None = None
     """(split, metric) whose best value over epochs the released script prints; None: ("val", select)"""
+    classes: int = 0
+    """output classes of a classification or segmentation task (0: regression)"""
+    shapes: dict = field(default_factory=dict)
+    """the paper datasets: modality -> one sample's input shape at the real size, (time, features) for
+    sequences and (channels, height, width) for images (the benchmark and the cost table build inputs of it)"""
     train: dict = field(default_factory=dict)
     cggm: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
@@ -116,6 +121,10 @@ class DatasetFacts:
     def select(self) -> str:
         """The validation metric that selects the reported epoch (its task's `select`)."""
         return next(f.default for f in fields(_TASK_KINDS[self.kind]) if f.name == "select")
+
+    def new_task(self):
+        """A fresh task object of this dataset (its loss and metrics)."""
+        return _TASK_KINDS[self.kind](*([self.classes] if self.classes else []))
 
     @property
     def official_number(self) -> tuple:
@@ -129,19 +138,27 @@ def _entry(name, modalities, kind, task, **facts) -> DatasetFacts:
 #: dataset -> its facts; the paper's four first, in the order of the paper's tables
 REGISTRY: dict[str, DatasetFacts] = {f.name: f for f in (
     # the official Food-101 script prints the best *test* accuracy (its "valid" loader is the test split)
+    # shapes: ViT-B/16 tokens (196 patches + CLS) and BERT tokens (at most 50), both 768 wide
     _entry("food101", ("image", "text"), "classification", "classification (101 classes)", paper=True,
-           table="table2", reported=("acc", "f1"), official=("test", "acc")),
+           table="table2", reported=("acc", "f1"), official=("test", "acc"), classes=101,
+           shapes={"image": (197, 768), "text": (50, 768)}),
     # the official BraTS script intends the best validation Dice (it prints 0: docs/methods.md)
     _entry("brats2021", ("flair", "t1ce", "t1", "t2"), "segmentation", "segmentation (4 classes, 2-D slices)",
            paper=True, table="table3", reported=("dice_wt", "dice_tc", "dice_et", "dice_mean"),
-           official=("val", "dice_mean")),
+           official=("val", "dice_mean"), classes=4,  # one 160 x 160 axial slice per sequence (cropped as released)
+           shapes={m: (1, 160, 160) for m in ("flair", "t1ce", "t1", "t2")}),
+    # shapes: the aligned MulT pickle (50 steps of GloVe 300, COVAREP 5, Facet 20)
     _entry("mosi", ("text", "audio", "vision"), "regression", "regression (sentiment in [−3, 3])", paper=True,
-           table="table4", reported=("acc2", "acc7", "f1", "mae", "corr"), official=("val", "acc2")),
+           table="table4", reported=("acc2", "acc7", "f1", "mae", "corr"), official=("val", "acc2"),
+           shapes={"text": (50, 300), "audio": (50, 5), "vision": (50, 20)}),
+    # shapes: BERT-large tokens (22), audio padded to 350 frames of 130, 50 frames of 342 visual features
     _entry("iemocap", ("text", "audio", "vision"), "classification", "classification (4 emotions)", paper=True,
-           table="table4", reported=("acc", "f1"), official=("val", "acc")),
-    _entry("synthetic", ("m0", "m1", "m2"), "classification", "classification (synthetic, 3 modalities)"),
+           table="table4", reported=("acc", "f1"), official=("val", "acc"), classes=4,
+           shapes={"text": (22, 1024), "audio": (350, 130), "vision": (50, 342)}),
+    _entry("synthetic", ("m0", "m1", "m2"), "classification", "classification (synthetic, 3 modalities)",
+           classes=10),
     _entry("mfeat", ("fou", "fac", "kar", "pix", "zer", "mor"), "classification",
-           "classification (10 digits, 6 feature views)"),
+           "classification (10 digits, 6 feature views)", classes=10),
 )}
 PAPER_DATASETS = tuple(n for n, f in REGISTRY.items() if f.paper)
 

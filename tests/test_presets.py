@@ -55,3 +55,17 @@ def test_unknown_names_are_clear_errors():
         presets.train_kwargs("cifar")
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         presets.model_kwargs("mosi", "huge")
+
+
+def test_the_benchmark_and_cost_table_read_the_real_shapes_from_the_registry():
+    """bench's paper-size inputs: the registry's per-sample shapes, task and paper batch (one home per fact)."""
+    from cggmlib.bench.runner import CASES
+
+    for name in presets.PAPER_DATASETS:
+        facts, case = presets.facts(name), CASES["paper"][name]
+        assert case.shapes == facts.shapes and tuple(facts.shapes) == facts.modalities, name
+        assert type(case.task) is type(facts.new_task()) and case.task.kind == facts.kind, name
+        assert getattr(case.task, "num_classes", 0) == facts.classes, name
+    assert CASES["paper"]["mosi"].batch_size == presets.train_kwargs("mosi", "paper")["batch_size"]
+    assert CASES["reduced"]["iemocap"].shapes["audio"] == (50, 130)  # shorter sequences, the same features
+    assert presets.facts("mosi").new_task() == Regression()
