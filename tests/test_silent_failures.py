@@ -220,3 +220,16 @@ def test_a_failed_longer_resume_leaves_the_completed_run_described_as_it_was(tmp
         with pytest.raises(cg.ResultsError, match="epochs: 1 -> 2"):
             cg.run_experiment(cfg(epochs=2), tmp_path, skip_done=skip_done, progress=False)
     assert (tmp_path / "metrics.json").read_text() == metrics
+
+
+def test_the_catalogue_counts_the_silent_failure_cases(tmp_path):
+    """A session that runs cases of this file (or tests/test_data_recovery.py) says how many it tried, as
+    the bad-input catalogue does, so a report of the suite counts them."""
+    env = ENV | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                           "check_parameters_coerces or bool_words_on_the_command_line",
+                           str(ROOT / "tests/test_silent_failures.py")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "silent-failure catalogue: 9 cases tried, 9 ended in correct behaviour or a " \
+        "clear error" in done.stdout, done.stdout[-3000:]
