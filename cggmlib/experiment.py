@@ -58,7 +58,8 @@ def own_folder(out: Path, cfg, *, resume: bool, overwrite: bool) -> None:
     """
     ignore = ("epochs",) if resume else ()
     stored = _read_config(out)
-    if stored is not None and stored_key(out, ignore) != cfg.key(ignore):
+    other = stored is not None and stored_key(out, ignore) != cfg.key(ignore)
+    if other:
         done = "a completed" if (out / "metrics.json").exists() else "an unfinished"
         if not overwrite:
             fields = "; ".join(config_diff(stored, cfg.to_dict(), ignore)) or "none shown (the key changed)"
@@ -68,6 +69,10 @@ def own_folder(out: Path, cfg, *, resume: bool, overwrite: bool) -> None:
         print(f"moved {done} run of another configuration from {out} to {aside}")
     if resume:
         Checkpointer(out).require()
+        if stored is not None and not other:
+            # config.json keeps describing what the folder holds (e.g. a completed shorter run) until the
+            # resumed run completes and save_run writes it: a resume that fails must not relabel that run
+            return
     atomic_write_json(out / "config.json", cfg.to_dict())  # the folder's owner, before any training
 
 

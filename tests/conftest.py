@@ -147,10 +147,22 @@ def no_process_outlives_the_session():
                     + "\n  ".join(lines), pytrace=False)
 
 
+#: files whose tests are the cases of silent failures: each ends in correct behaviour or a clear error
+SILENT_FAILURE_FILES = ("tests/test_silent_failures.py::", "tests/test_data_recovery.py::")
+
+
 def pytest_terminal_summary(terminalreporter):
-    """The bad-input catalogue reports how many kinds it tried (tests/test_bad_inputs.py)."""
+    """The bad-input catalogue (tests/test_bad_inputs.py) and the silent-failure cases
+    (SILENT_FAILURE_FILES) report how many they tried."""
     reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
-               if getattr(r, "when", "call") == "call" and "test_bad_inputs.py::test_bad_input[" in r.nodeid]
-    if reports:
-        ok = sum(r.passed for r in reports)
-        terminalreporter.write_line(f"bad-input catalogue: {len(reports)} kinds tried, {ok} ended in a clear error")
+               if getattr(r, "when", "call") == "call"]
+    bad_input = [r for r in reports if "test_bad_inputs.py::test_bad_input[" in r.nodeid]
+    if bad_input:
+        ok = sum(r.passed for r in bad_input)
+        terminalreporter.write_line(f"bad-input catalogue: {len(bad_input)} kinds tried, {ok} ended in a clear error")
+    silent = [r for r in reports if any(f in r.nodeid for f in SILENT_FAILURE_FILES)
+              and "catalogue_counts" not in r.nodeid]
+    if silent:
+        ok = sum(r.passed for r in silent)
+        terminalreporter.write_line(f"silent-failure catalogue: {len(silent)} cases tried, {ok} ended in correct "
+                                    "behaviour or a clear error")

@@ -202,3 +202,34 @@ def test_a_damaged_checkpoint_is_named_never_loaded(tmp_path, damage):
     with pytest.raises(cg.ResultsError) as err:
         cg.run_experiment(cfg(epochs=2), tmp_path, resume=True, progress=False)
     assert str(path) in str(err.value) and "rerun without --resume" in str(err.value)
+
+
+def test_a_failed_longer_resume_leaves_the_completed_run_described_as_it_was(tmp_path):
+    """config.json describes what the folder holds until a resumed run completes: a `--resume --epochs 2`
+    that fails (here on a damaged checkpoint) used to rewrite it to epochs 2 beside the 1-epoch
+    metrics.json, so a plain `--epochs 2` then overwrote the completed run without a word, and a
+    `skip_done` run of 2 epochs returned the 1-epoch metrics as its own."""
+    cg.run_experiment(cfg(), tmp_path, progress=False)
+    config, metrics = (tmp_path / "config.json").read_text(), (tmp_path / "metrics.json").read_text()
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(cg.ResultsError, match="is damaged"):
+        cg.run_experiment(cfg(epochs=2), tmp_path, resume=True, progress=False)
+    assert (tmp_path / "config.json").read_text() == config
+    for skip_done in (False, True):
+        with pytest.raises(cg.ResultsError, match="epochs: 1 -> 2"):
+            cg.run_experiment(cfg(epochs=2), tmp_path, skip_done=skip_done, progress=False)
+    assert (tmp_path / "metrics.json").read_text() == metrics
+
+
+def test_the_catalogue_counts_the_silent_failure_cases(tmp_path):
+    """A session that runs cases of this file (or tests/test_data_recovery.py) says how many it tried, as
+    the bad-input catalogue does, so a report of the suite counts them."""
+    env = ENV | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                           "check_parameters_coerces or bool_words_on_the_command_line",
+                           str(ROOT / "tests/test_silent_failures.py")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "silent-failure catalogue: 9 cases tried, 9 ended in correct behaviour or a " \
+        "clear error" in done.stdout, done.stdout[-3000:]
