@@ -152,6 +152,23 @@ def test_a_second_writer_of_one_folder_fails_naming_the_holder(tmp_path):
     assert not (run / "metrics.json").exists()
 
 
+def test_a_second_reproduce_on_one_results_folder_is_refused_naming_the_first(tmp_path):
+    """Two `cggm reproduce` into one results folder: the second stops before any step (both wrote
+    pipeline.json, and the last one erased the other's failure record)."""
+    from cggmlib.runs import lock_run_folder, unlock_run_folder
+
+    root = tmp_path / "results" / "ci"
+    lock_run_folder(root)  # this process stands for the first pipeline
+    try:
+        code = ("import sys; from cggmlib.repro.jobs import reproduce; "
+                f"reproduce('ci', results={str(tmp_path / 'results')!r}, only=['data'])")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    finally:
+        unlock_run_folder(root)
+    assert proc.returncode != 0 and f"process {os.getpid()}" in proc.stderr, proc.stderr
+    assert "another --results folder" in proc.stderr and not (root / "pipeline.json").exists()
+
+
 def test_resume_onto_another_configuration_is_refused_naming_the_fields(tmp_path):
     assert cli(tmp_path / "run", "--strategy", "cggm").returncode == 0
     proc = cli(tmp_path / "run", "--strategy", "joint", "--epochs", "2", "--resume")

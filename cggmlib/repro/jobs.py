@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ConfigError
-from ..files import atomic_write_json, read_json
+from ..files import atomic_write_json, ensure_writable, read_json
+from ..runs.lock import run_folder_lock
 from .dryrun import shape_phases
 from .index import write_index
 from .ledger import check, default_path
@@ -48,34 +49,36 @@ def reproduce(profile: str, results=None, data_root=None, only=None, jobs: int |
         run_group = lambda group, kind, parallel: runner.run(group, kind)  # noqa: E731
     else:
         run_group = lambda group, kind, parallel: run_steps(ctx, group, jobs if parallel else 1, log)  # noqa: E731
-    steps = plan(prof, only, render_only)
-    started = time.time()
-    log(f"cggm reproduce: profile {prof.name} ({prof.description}); {len(steps)} steps; results {ctx.root}; "
-        f"data {data_root}; " + (f"jobs {jobs} x {threads} threads" if executor == "local" else
-                                 f"executor slurm ({slurm_cluster})") + ("; render only" if render_only else ""))
-    report_stale(ctx.root, log)
-    records = []
-    with environment(pipeline_environment(ctx.root)):  # marks every process it starts (see `report_stale`)
-        for kind, parallel in (("data", False), ("worker", True), ("report", True)):
-            group = [s for s in steps if s.kind == kind or (kind == "report" and s.kind == "explainer")]
-            if group:
-                log(f"{kind} steps ({len(group)}):")
-                phases = shape_phases(group) if kind == "worker" and prof.reuse_shapes else [group]
-                for phase in phases:  # a dry run: one run per shape first, its copies after
-                    records += run_group(phase, kind, parallel)
-    verification = verify(results, prof, data_root if data_root.is_dir() else None)
-    atomic_write_json(ctx.root / "verification.json", verification.to_dict("records"))
-    ledger_check = check_ledger(ledger, ctx.root)
-    summary = {"profile": prof.name, "render_only": render_only, "only": only or [], "executor": executor,
-               "jobs": jobs if executor == "local" else slurm_jobs, "threads": threads,
-               "cpu_count": os.cpu_count(), "gpus": visible_gpus(), "wall_s": round(time.time() - started, 1),
-               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ledger": ledger_check, "steps": records,
-               "failed": [r["step"] for r in records if r["status"] == "failed"]}
-    atomic_write_json(ctx.root / ("render.json" if render_only else "pipeline.json"), summary)
-    write_index(results, prof, summary, verification)
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ran", "skipped", "failed")}
-    problems = int((verification["status"] == "problem").sum())
-    log(f"done in {summary['wall_s']:.0f}s: {counts}; run cards with problems: {problems}; index: {ctx.root / 'index.html'}")
+    # one pipeline per results folder: a second one would interleave its steps and overwrite pipeline.json
+    with run_folder_lock(ensure_writable(ctx.root), other="give this one another --results folder"):
+        steps = plan(prof, only, render_only)
+        started = time.time()
+        log(f"cggm reproduce: profile {prof.name} ({prof.description}); {len(steps)} steps; results {ctx.root}; "
+            f"data {data_root}; " + (f"jobs {jobs} x {threads} threads" if executor == "local" else
+                                     f"executor slurm ({slurm_cluster})") + ("; render only" if render_only else ""))
+        report_stale(ctx.root, log)
+        records = []
+        with environment(pipeline_environment(ctx.root)):  # marks every process it starts (see `report_stale`)
+            for kind, parallel in (("data", False), ("worker", True), ("report", True)):
+                group = [s for s in steps if s.kind == kind or (kind == "report" and s.kind == "explainer")]
+                if group:
+                    log(f"{kind} steps ({len(group)}):")
+                    phases = shape_phases(group) if kind == "worker" and prof.reuse_shapes else [group]
+                    for phase in phases:  # a dry run: one run per shape first, its copies after
+                        records += run_group(phase, kind, parallel)
+        verification = verify(results, prof, data_root if data_root.is_dir() else None)
+        atomic_write_json(ctx.root / "verification.json", verification.to_dict("records"))
+        ledger_check = check_ledger(ledger, ctx.root)
+        summary = {"profile": prof.name, "render_only": render_only, "only": only or [], "executor": executor,
+                   "jobs": jobs if executor == "local" else slurm_jobs, "threads": threads,
+                   "cpu_count": os.cpu_count(), "gpus": visible_gpus(), "wall_s": round(time.time() - started, 1),
+                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ledger": ledger_check, "steps": records,
+                   "failed": [r["step"] for r in records if r["status"] == "failed"]}
+        atomic_write_json(ctx.root / ("render.json" if render_only else "pipeline.json"), summary)
+        write_index(results, prof, summary, verification)
+        counts = {s: sum(r["status"] == s for r in records) for s in ("ran", "skipped", "failed")}
+        problems = int((verification["status"] == "problem").sum())
+        log(f"done in {summary['wall_s']:.0f}s: {counts}; run cards with problems: {problems}; index: {ctx.root / 'index.html'}")
     return summary
 
 

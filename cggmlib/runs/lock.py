@@ -26,7 +26,7 @@ _HELD: dict = {}
 LOCK_FILES = (".lock", ".lock.holder")
 
 
-def lock_run_folder(folder, wait_s: float = 0.0) -> bool:
+def lock_run_folder(folder, wait_s: float = 0.0, other: str = "choose another --out folder") -> bool:
     """Take `folder/.lock` for this process; False if it held it already. Raises ResultsError, naming
     the holder (pid, host, command, since when), if another process still holds it after `wait_s`."""
     folder = ensure_writable(folder)
@@ -42,8 +42,7 @@ def lock_run_folder(folder, wait_s: float = 0.0) -> bool:
             holder = f"process {h['pid']} on {h['host']} ({h['command']}), since {h['since']}"
         except (OSError, ValueError, KeyError):
             holder = "another process"
-        raise ResultsError(f"{folder} is being written by {holder}; wait for it to finish, stop it, or "
-                           "choose another --out folder") from None
+        raise ResultsError(f"{folder} is being written by {holder}; wait for it to finish, stop it, or {other}") from None
     _HELD[key] = lock
     atomic_write_json(folder / ".lock.holder", {"pid": os.getpid(), "host": socket.gethostname(),
                                                "command": " ".join(sys.argv)[:200],
@@ -58,9 +57,9 @@ def unlock_run_folder(folder) -> None:
 
 
 @contextlib.contextmanager
-def run_folder_lock(folder):
+def run_folder_lock(folder, other: str = "choose another --out folder"):
     """Hold `folder/.lock` for the block (no-op if this process holds it already, e.g. a pipeline worker)."""
-    taken = lock_run_folder(folder)
+    taken = lock_run_folder(folder, other=other)
     try:
         yield
     finally:
