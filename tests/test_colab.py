@@ -88,8 +88,8 @@ def installed_from(target):
 @pytest.mark.slow
 def test_colab_branch_installs_from_a_wheel_in_drive(tmp_path, wheel):
     _, whl = wheel
-    drive = tmp_path / "drive"
-    drive.mkdir()
+    drive = tmp_path / "drive" / "Colab Notebooks"  # Drive's default folder: a space in the path
+    drive.mkdir(parents=True)
     shutil.copy(whl, drive / whl.name)  # what a user copies to MyDrive
     done = run_install_cell(tmp_path, env={"CGGM_INSTALL_FROM": str(drive / whl.name)})
     assert done.returncode == 0, done.stderr
