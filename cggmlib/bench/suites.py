@@ -200,8 +200,9 @@ class _Forward:
 
     def step(self, batch=None) -> None:
         r = self.r
-        out = r.strategy.forward(r.model, r.batch, 0)
-        r.strategy.loss(r.model, r.batch, out, 0).item()
+        with r.tools.autocast():
+            out = r.strategy.forward(r.model, r.batch, 0)
+            r.strategy.loss(r.model, r.batch, out, 0).item()
 
 
 class _ForwardBackward(_Forward):
@@ -209,8 +210,9 @@ class _ForwardBackward(_Forward):
 
     def step(self, batch=None) -> None:
         r = self.r
-        out = r.strategy.forward(r.model, r.batch, 0)
-        loss = r.strategy.loss(r.model, r.batch, out, 0)
+        with r.tools.autocast():
+            out = r.strategy.forward(r.model, r.batch, 0)
+            loss = r.strategy.loss(r.model, r.batch, out, 0)
         r.tools.optimizer.zero_grad(set_to_none=True)
         loss.backward()
 
@@ -236,9 +238,13 @@ RELEASED_PARTS = {"joint": ("joint", False, "step"), "cggm": ("cggm", True, "ste
                   "classifiers": ("cggm", True, "classifiers"), "optimizer": ("joint", False, "optimizer")}
 
 
-def released(size: str = "paper", device="cpu", models=None, reps: int = 7, parts=tuple(RELEASED_PARTS)):
+def released(size: str = "paper", device="cpu", models=None, reps: int = 7, parts=tuple(RELEASED_PARTS),
+             amp: str = "off"):
     """Per model and part, ours, ours with the exact attention path and the released transcription,
-    interleaved; `vs_released` = median_k(ours_k / released_k), `exact_vs_released` likewise."""
+    interleaved; `vs_released` = median_k(ours_k / released_k), `exact_vs_released` likewise.
+
+    `amp`: our two runners' mixed precision (`Config.amp`; bf16 on a GPU); the transcription always runs
+    in float32, as the released code does."""
     from .released import (ReleasedClassifiers, ReleasedForward, ReleasedForwardBackward, ReleasedOptimizer,
                            ReleasedStep, released_sizes)
 
@@ -246,9 +252,9 @@ def released(size: str = "paper", device="cpu", models=None, reps: int = 7, part
         case = CASES[size][model]
         for part in parts:
             strategy, cggm, what = RELEASED_PARTS[part]
-            ours = Runner(case, strategy, device, options={"variant": "official"} if cggm else None)
+            ours = Runner(case, strategy, device, options={"variant": "official"} if cggm else None, amp=amp)
             exact = Runner(case, strategy, device, batch=ours.batch,
-                           options={"variant": "official"} if cggm else None)
+                           options={"variant": "official"} if cggm else None, amp=amp)
             rel = ReleasedStep(released_sizes(ours.model), ours.batch, case.task.kind == "regression", cggm)
             rel.model.to(device)
             if rel.classifier is not None:
@@ -268,7 +274,8 @@ def released(size: str = "paper", device="cpu", models=None, reps: int = 7, part
             times = time_steps(runners, reps, device=device)
             t_ours, t_exact, t_rel = times["ours"], times["exact"], times["released"]
             yield {"model": model, "size": size, "device": str(device), "threads": torch.get_num_threads(),
-                   "batch": case.batch_size, "strategy": strategy, "variant": part,
+                   "batch": case.batch_size, "strategy": strategy,
+                   "variant": part if amp == "off" else f"{part} amp={amp}",
                    "step_ms": median_ms(t_ours), "exact_ms": median_ms(t_exact), "released_ms": median_ms(t_rel),
                    "vs_released": statistics.median(a / b for a, b in zip(t_ours, t_rel)),
                    "exact_vs_released": statistics.median(a / b for a, b in zip(t_exact, t_rel)),
