@@ -185,6 +185,23 @@ def test_own_loop_without_data_checks_the_heads_before_the_first_update():
         strategy.after_backward(model, batch, out, epoch=0)  # before optimizer.step()
 
 
+class WrongOutputs(WrongHeads):
+    """modality_classifier(m) returns 5 outputs; the task has 3 classes."""
+
+    def modality_classifier(self, modality):
+        head = nn.Sequential()
+        head.out_layer = nn.Linear(D, 5)
+        head.forward = head.out_layer.forward
+        return head
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.0])
+def test_own_heads_with_the_wrong_output_shape_fail_at_setup_also_with_lam_zero(lam):
+    model, data = WrongOutputs(), flat_data(("a", "b"))
+    with pytest.raises(cg.ConfigError, match=r"modality 'a': the classifier returns shape \(8, 5\).*needs \(8, 3\)"):
+        cg.make_strategy("cggm", lam=lam).setup(model, data)
+
+
 def test_lam_zero_keeps_accepting_own_heads_of_another_shape():
     model = WrongHeads()
     strategy = cg.make_strategy("cggm", lam=0.0)

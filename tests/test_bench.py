@@ -178,7 +178,7 @@ def test_released_suite_prints_ours_against_the_transcription_of_the_released_st
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [dict(kv.split("=", 1) for kv in ln.split()) for ln in proc.stdout.splitlines() if ln.startswith("suite=")]
-    assert [r["variant"] for r in rows] == ["joint", "cggm", "forward", "classifiers"]
+    assert [r["variant"] for r in rows] == ["joint", "cggm", "forward", "forward_backward", "classifiers", "optimizer"]
     for r in rows:
         assert r["model"] == "mosi" and float(r["released_ms"]) > 0 and float(r["exact_ms"]) > 0
         assert float(r["vs_released"]) > 0 and float(r["exact_vs_released"]) > 0 and float(r["vs_exact"]) > 0

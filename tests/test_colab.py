@@ -32,6 +32,19 @@ def test_no_link_points_to_the_nonexistent_repository():
     assert offenders == []
 
 
+#: GitHub repositories the project links to, each checked by hand to exist (add a new link's repository here)
+KNOWN_REPOSITORIES = {"zrguo/CGGM", "facebookincubator/submitit"}
+
+
+def test_every_github_link_points_to_a_known_existing_repository():
+    files = [*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "docs").glob("*.md"), ROOT / "pyproject.toml",
+             ROOT / "README.md", *(ROOT / "cggmlib").rglob("*.py"), *(ROOT / "data_cards").glob("*.md")]
+    linked = {(f.relative_to(ROOT).as_posix(), m[1].removesuffix(".git")) for f in files
+              for m in re.finditer(r"github\.com/([\w.-]+/[\w-]+(?:\.[\w-]+)*)", f.read_text())}
+    assert {repo for _, repo in linked} >= {"zrguo/CGGM"}
+    assert sorted((f, repo) for f, repo in linked if repo not in KNOWN_REPOSITORIES) == []
+
+
 def test_a_fork_sets_the_repository_once_and_badges_and_cells_follow(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text((ROOT / "pyproject.toml").read_text().replace(
@@ -88,8 +101,8 @@ def installed_from(target):
 @pytest.mark.slow
 def test_colab_branch_installs_from_a_wheel_in_drive(tmp_path, wheel):
     _, whl = wheel
-    drive = tmp_path / "drive"
-    drive.mkdir()
+    drive = tmp_path / "drive" / "Colab Notebooks"  # Drive's default folder: a space in the path
+    drive.mkdir(parents=True)
     shutil.copy(whl, drive / whl.name)  # what a user copies to MyDrive
     done = run_install_cell(tmp_path, env={"CGGM_INSTALL_FROM": str(drive / whl.name)})
     assert done.returncode == 0, done.stderr

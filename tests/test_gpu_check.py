@@ -35,3 +35,14 @@ def test_overlap_stays_off_until_a_committed_report_verifies_it():
     verified = REPORT.exists() and json.loads(REPORT.read_text())["overlap"]["verifies_overlap"]
     assert overlap.VERIFIED == bool(verified), ("cggmlib.modulation.overlap.VERIFIED must be True only with a "
                                                 "committed docs/gpu_check.json whose overlap check passed on a GPU")
+
+
+def test_gpu_check_times_ours_against_the_released_transcription_in_float32_and_bf16(tmp_path):
+    stem = tmp_path / "report"
+    assert gpu_check.main(["--cpu-dry-run", "--sections", "released", "--models", "mosi", "--reps", "1",
+                           "--out", str(tmp_path), "--report", str(stem)]) == 0
+    rows = json.loads(stem.with_suffix(".json").read_text())["rows"]
+    assert not [r for r in rows if r["suite"] in ("failed", "skipped")], rows
+    parts = ["joint", "cggm", "forward", "forward_backward", "classifiers", "optimizer"]
+    assert [r["variant"] for r in rows] == parts + [f"{p} amp=bf16" for p in parts]
+    assert all(r["suite"] == "released" and r["model"] == "mosi" and r["vs_released"] > 0 for r in rows)

@@ -11,8 +11,10 @@ On one CUDA GPU, in one process and within a time budget, it
    classifier), its classifiers alone and every baseline, in float32 and in bf16 autocast, with peak
    memory (`torch.cuda.max_memory_allocated`; `extra_mb` is the classifiers' extra memory, the
    paper's Table 8);
-4. times channels-last memory format on the BraTS DeepLab;
-5. trains each model for a few steps with `amp="auto"` through `cggmlib.train` and checks the losses.
+4. times our MOSI, IEMOCAP and Food-101 steps and their parts against the transcription of the
+   released step (`cggm bench --suite released`), ours in float32 and in bf16 autocast;
+5. times channels-last memory format on the BraTS DeepLab;
+6. trains each model for a few steps with `amp="auto"` through `cggmlib.train` and checks the losses.
 Every measurement is one `key=value` line (as `cggm bench`), also written to DIR/gpu_check.jsonl and
 DIR/gpu_check.md (DIR defaults to $OUT when set, else results/gpu_check). Sections that do not fit in
 the budget are skipped and say so. The report, STEM.json and STEM.md (`--report STEM`, default
@@ -206,6 +208,8 @@ def main(argv=None) -> int:
     sections += [(f"overlap {m}", lambda m=m: overlap_check(device, [m], args.overlap_steps)) for m in models]
     sections += [(f"cggm {m}", lambda m=m: _strategies(m, device, args, "off", ["cggm"])) for m in models]
     sections += [(f"cggm {m} bf16", lambda m=m: _strategies(m, device, args, "bf16")) for m in models]
+    sections += [(f"released {m} {amp}", lambda m=m, amp=amp: _released(m, device, args, amp))
+                 for m in models if m in ("mosi", "iemocap", "food101") for amp in ("off", "bf16")]
     if "brats2021" in models:
         sections.append(("channels_last", lambda: channels_last(device, args.reps)))
     sections.append(("amp_train", lambda: train_with_amp(device, models)))
@@ -285,6 +289,12 @@ def _strategies(model, device, args, amp, names=None):
         times, peaks = S.measure(runners, args.reps, device, True)
         yield {"suite": "strategies_bf16"} | S.result_row(model, "paper", device, case.batch_size, "cggm", variant, times,
                                                      heads_key="heads", peaks=peaks)
+
+
+def _released(model, device, args, amp):
+    """The `released` suite of cggm bench for one model at paper size, ours in float32 or bf16."""
+    for r in S.released("paper", device, [model], args.reps, amp=amp):
+        yield {"suite": "released"} | r
 
 
 def _extra_tables(rows) -> str:

@@ -228,6 +228,28 @@ class ReleasedForward:
         self.r.criterion(preds.view(-1) if self.r.regression else preds, self.r.target).item()
 
 
+class ReleasedForwardBackward(ReleasedForward):
+    """The released model's zero_grad, training-mode forward pass, loss and backward (src/msatrain.py:59-78)."""
+
+    def step(self, batch=None) -> None:
+        r = self.r
+        r.model.zero_grad()
+        preds, _ = r.model(list(r.inputs))
+        r.criterion(preds.view(-1) if r.regression else preds, r.target).backward()
+
+
+class ReleasedOptimizer:
+    """The released clipping and Adam step (src/msatrain.py:126-127) on the gradients of one backward pass."""
+
+    def __init__(self, released: ReleasedStep):
+        self.r = released
+        ReleasedForwardBackward(released).step()
+
+    def step(self, batch=None) -> None:
+        torch.nn.utils.clip_grad_norm_(self.r.model.parameters(), self.r.clip)
+        self.r.optimizer.step()
+
+
 class ReleasedClassifiers:
     """The released classifiers alone on fixed detached features: forward, backward, Adam step."""
 

@@ -7,7 +7,8 @@
 - `batch`: cost against batch size (MOSI model);
 - `light`: accuracy and training time of CGGM with its default classifiers vs the lighter pooled
   one, a few seeds (needs the dataset files, e.g. stand-ins from `cggm make-standin`);
-- `released`: our joint and CGGM steps, the forward pass and the classifiers alone against a
+- `released`: our joint and CGGM steps, the forward pass, forward + backward, the classifiers alone
+  and the clipping + optimizer step alone against a
   transcription of the released code's (cggmlib/bench/released.py), and against our slower exact
   attention path (cggmlib/models/attention.py), per TokenFusionTransformer paper model;
 - `food_cache`: a training step on cached frozen BERT/ViT tokens against recomputing them every batch
@@ -22,6 +23,7 @@ import tempfile
 import time
 
 import torch
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from ..config import Config
 from ..data import load_data
@@ -198,33 +200,72 @@ class _Forward:
 
     def step(self, batch=None) -> None:
         r = self.r
-        out = r.strategy.forward(r.model, r.batch, 0)
-        r.strategy.loss(r.model, r.batch, out, 0).item()
+        with r.tools.autocast():
+            out = r.strategy.forward(r.model, r.batch, 0)
+            r.strategy.loss(r.model, r.batch, out, 0).item()
 
 
-#: `released` suite parts: label -> (our strategy, transcription with CGGM?, what is timed)
+class _ForwardBackward(_Forward):
+    """Our model's training-mode forward pass, loss and backward (no modulation, no optimizer step)."""
+
+    def step(self, batch=None) -> None:
+        r = self.r
+        with r.tools.autocast():
+            out = r.strategy.forward(r.model, r.batch, 0)
+            loss = r.strategy.loss(r.model, r.batch, out, 0)
+        r.tools.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+
+class _Optimizer:
+    """Our clipping and optimizer step (`train_step`'s last part) on the gradients of one backward pass."""
+
+    def __init__(self, runner: Runner):
+        self.tools = runner.tools
+        _ForwardBackward(runner).step()
+
+    def step(self, batch=None) -> None:
+        t = self.tools
+        if t.grad_clip:
+            clip_grads_with_norm_(t.params, t.grad_clip, get_total_norm([p.grad for p in t.params if p.grad is not None]))
+        t.optimizer.step()
+
+
+#: `released` suite parts: label -> (our strategy, transcription with CGGM?, what is timed); the backward
+#: pass alone is `forward_backward` − `forward`, the classifiers and the optimizer are timed alone
 RELEASED_PARTS = {"joint": ("joint", False, "step"), "cggm": ("cggm", True, "step"),
-                  "forward": ("joint", False, "forward"), "classifiers": ("cggm", True, "classifiers")}
+                  "forward": ("joint", False, "forward"), "forward_backward": ("joint", False, "forward_backward"),
+                  "classifiers": ("cggm", True, "classifiers"), "optimizer": ("joint", False, "optimizer")}
 
 
-def released(size: str = "paper", device="cpu", models=None, reps: int = 7, parts=tuple(RELEASED_PARTS)):
+def released(size: str = "paper", device="cpu", models=None, reps: int = 7, parts=tuple(RELEASED_PARTS),
+             amp: str = "off"):
     """Per model and part, ours, ours with the exact attention path and the released transcription,
-    interleaved; `vs_released` = median_k(ours_k / released_k), `exact_vs_released` likewise."""
-    from .released import ReleasedClassifiers, ReleasedForward, ReleasedStep, released_sizes
+    interleaved; `vs_released` = median_k(ours_k / released_k), `exact_vs_released` likewise.
+
+    `amp`: our two runners' mixed precision (`Config.amp`; bf16 on a GPU); the transcription always runs
+    in float32, as the released code does."""
+    from .released import (ReleasedClassifiers, ReleasedForward, ReleasedForwardBackward, ReleasedOptimizer,
+                           ReleasedStep, released_sizes)
 
     for model in models or [m for m in ("mosi", "iemocap", "food101") if m in CASES[size]]:
         case = CASES[size][model]
         for part in parts:
             strategy, cggm, what = RELEASED_PARTS[part]
-            ours = Runner(case, strategy, device, options={"variant": "official"} if cggm else None)
+            ours = Runner(case, strategy, device, options={"variant": "official"} if cggm else None, amp=amp)
             exact = Runner(case, strategy, device, batch=ours.batch,
-                           options={"variant": "official"} if cggm else None)
+                           options={"variant": "official"} if cggm else None, amp=amp)
             rel = ReleasedStep(released_sizes(ours.model), ours.batch, case.task.kind == "regression", cggm)
             rel.model.to(device)
             if rel.classifier is not None:
                 rel.classifier.to(device)
             if what == "forward":
                 runners = {"ours": _Forward(ours), "exact": _Exact(_Forward(exact)), "released": ReleasedForward(rel)}
+            elif what == "forward_backward":
+                runners = {"ours": _ForwardBackward(ours), "exact": _Exact(_ForwardBackward(exact)),
+                           "released": ReleasedForwardBackward(rel)}
+            elif what == "optimizer":
+                runners = {"ours": _Optimizer(ours), "exact": _Exact(_Optimizer(exact)), "released": ReleasedOptimizer(rel)}
             elif what == "classifiers":
                 runners = {"ours": HeadsRunner(ours), "exact": _Exact(HeadsRunner(exact)),
                            "released": ReleasedClassifiers(rel)}
@@ -233,7 +274,8 @@ def released(size: str = "paper", device="cpu", models=None, reps: int = 7, part
             times = time_steps(runners, reps, device=device)
             t_ours, t_exact, t_rel = times["ours"], times["exact"], times["released"]
             yield {"model": model, "size": size, "device": str(device), "threads": torch.get_num_threads(),
-                   "batch": case.batch_size, "strategy": strategy, "variant": part,
+                   "batch": case.batch_size, "strategy": strategy,
+                   "variant": part if amp == "off" else f"{part} amp={amp}",
                    "step_ms": median_ms(t_ours), "exact_ms": median_ms(t_exact), "released_ms": median_ms(t_rel),
                    "vs_released": statistics.median(a / b for a, b in zip(t_ours, t_rel)),
                    "exact_vs_released": statistics.median(a / b for a, b in zip(t_exact, t_rel)),

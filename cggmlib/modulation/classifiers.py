@@ -188,7 +188,7 @@ class ModalityClassifiers(nn.Module):
         directions = bool(getattr(strategy, "lam", 0)) or getattr(strategy, "variant", None) == "paper"
         classifiers = cls(heads, strategy.task, strategy.head_lr, strategy.head_optimizer,
                           strategy.head_weight_decay, model, compares_directions=directions)
-        first = first_batch(model, data) if data is not None and (heads is None or directions) else None
+        first = first_batch(model, data) if data is not None else None  # own heads too, also with lam=0
         if first is not None:
             classifiers.check(*first)
         return classifiers

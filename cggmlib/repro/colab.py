@@ -31,7 +31,7 @@ INSTALL_MARKER = "# On Colab only: install the companion"
 INSTALL_CELL = '''# On Colab only: install the companion (Colab keeps its own CUDA torch); elsewhere this does nothing.
 # From: $CGGM_INSTALL_FROM (a clone or wheel in Drive, or a git URL), else _REPOSITORY (docs/colab.md).
 # Its names start with _ so that cg.check_parameters does not take them for notebook parameters.
-import os, subprocess, sys
+import os, pathlib, subprocess, sys
 _REPOSITORY = {repository}  # written by `python -m cggmlib.repro.colab --write` from pyproject.toml
 if "google.colab" in sys.modules:
     _source = os.environ.get("CGGM_INSTALL_FROM") or globals().get("CGGM_INSTALL_FROM") or _REPOSITORY
@@ -39,7 +39,7 @@ if "google.colab" in sys.modules:
         raise RuntimeError("Where should Colab install cggmlib from? Set CGGM_INSTALL_FROM to a wheel or clone in "
                            "Drive or a git URL (e.g. %env CGGM_INSTALL_FROM=/content/drive/MyDrive/cggmlib-0.1.0-py3-none-any.whl), "
                            "or set [project.urls] Repository in pyproject.toml and run python -m cggmlib.repro.colab --write")
-    _url = _source if "://" in _source else "file://" + os.path.abspath(os.path.expanduser(_source))
+    _url = _source if "://" in _source else pathlib.Path(os.path.abspath(os.path.expanduser(_source))).as_uri()
     _url = _url if _url.startswith(("git+", "file://")) or _url.endswith(".whl") else "git+" + _url
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"cggmlib[test] @ {{_url}}"], check=True)'''
 
