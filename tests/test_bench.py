@@ -173,8 +173,10 @@ def test_cuda_batches_are_pinned_ahead_in_order_and_errors_reach_the_loop(monkey
 
 
 def test_released_suite_prints_ours_against_the_transcription_of_the_released_step(tmp_path):
+    doc = tmp_path / "perf.md"
+    doc.write_text("intro\n<!-- mosi:begin -->\nold numbers\n<!-- mosi:end -->\nafter\n")
     proc = subprocess.run([sys.executable, "-m", "cggmlib", "bench", "--size", "smoke", "--suite", "released",
-                           "--models", "mosi", "--reps", "1", "--out", str(tmp_path)],
+                           "--models", "mosi", "--reps", "1", "--out", str(tmp_path), "--docs", str(doc), "mosi"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [dict(kv.split("=", 1) for kv in ln.split()) for ln in proc.stdout.splitlines() if ln.startswith("suite=")]
@@ -184,6 +186,11 @@ def test_released_suite_prints_ours_against_the_transcription_of_the_released_st
         assert float(r["vs_released"]) > 0 and float(r["exact_vs_released"]) > 0 and float(r["vs_exact"]) > 0
     table = (tmp_path / "bench.md").read_text()
     assert "| ours / released | exact / released | ours / exact |" in table and "| mosi | smoke | cpu | 1 | 8 | cggm |" in table
+    # --docs: the same tables, with the command that made them, replace the marked block of a Markdown page
+    page = doc.read_text()
+    assert "old numbers" not in page and page.startswith("intro\n") and page.endswith("after\n")
+    assert "*Written by `cggm bench --suite released --size smoke --models mosi --reps 1 --threads 1`" in page
+    assert "| mosi | smoke | cpu | 1 | 8 | cggm |" in page
 
 
 def test_released_suite_refuses_a_model_it_does_not_time(tmp_path):

@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--data-root", default="data", help="dataset files for the `light` suite (stand-ins are fine)")
     p.add_argument("--out", default="results/bench", help="folder for bench.jsonl and bench.md")
+    p.add_argument("--docs", nargs=2, metavar=("MD", "BLOCK"), default=None,
+                   help="also write the tables, with the command and the machine's load, between "
+                        "<!-- BLOCK:begin --> and <!-- BLOCK:end --> in MD (how docs/performance.md gets its numbers)")
 
 
 def run(args) -> int:
@@ -75,6 +78,17 @@ def run(args) -> int:
             rows.append(row)
             print(line(row), flush=True)
             atomic_write_text(out / "bench.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(out / "bench.md", markdown(rows, load=machine_load()))
+    tables = markdown(rows, load=machine_load())
+    atomic_write_text(out / "bench.md", tables)
+    if args.docs:
+        from ..files import write_block
+
+        command = " ".join(["cggm bench --suite", *args.suite, *(["--size", args.size] if args.size else []),
+                            *(["--models", *args.models] if args.models else []),
+                            *(["--strategies", *args.strategies] if args.strategies else []),
+                            f"--reps {args.reps} --threads {args.threads}"])
+        text = tables.replace("# cggm bench\n\n", "", 1)
+        write_block(args.docs[0], f"*Written by `{command}` ({time.strftime('%Y-%m-%d')}).*\n\n{text.strip()}",
+                    args.docs[1])
     print(f"# {len(rows)} rows in {time.perf_counter() - started:.0f} s; tables in {out / 'bench.md'}")
     return 0
