@@ -119,9 +119,9 @@ def test_max_steps_also_limits_gblending_estimation_copies_and_loss_estimates():
     # unlimited: the loss estimate at the start (1 pass), per head a copy's super_epoch=2 epochs and its
     # loss estimate (3 passes), the loop's epoch (1 pass)
     assert drawn[0][0] == (1 + heads * 3 + 1) * n
-    # a dry run: each of those estimates and the copies' epochs take 1 batch; the loop's epoch draws 2
-    # (the second only to stop)
-    assert drawn[1][0] == 1 + heads * 3 + 2
+    # a dry run: each copy trains one epoch instead of super_epoch, and every pass takes 1 batch; the
+    # loop's epoch draws 2 (the second only to stop)
+    assert drawn[1][0] == 1 + heads * 2 + 2
     # validation: the 1 + heads loss estimates take 1 batch each instead of a full pass
     assert drawn[0][1] - drawn[1][1] == (1 + heads) * (n_val - 1)
 

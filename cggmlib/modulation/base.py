@@ -85,8 +85,9 @@ class Strategy:
     def hparams(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    #: dry runs only (Config.max_steps, set by `train`): batches a strategy's own passes over data.train
-    #: may take (G-Blending's estimation copies); 0: all, as in every real run
+    #: dry runs only (Config.max_steps, set by `train`): batches a strategy's own passes over a split may
+    #: take (G-Blending's estimation copies, which also train one epoch instead of super_epoch, and its
+    #: loss estimates; MSLR's branch losses); 0: all, as in every real run
     step_limit = 0
 
     def state_dict(self) -> dict:

@@ -128,7 +128,7 @@ class GBlending(Strategy):
         model_k.train()
         heads_k.train()
         set_epoch = getattr(data.train, "set_epoch", lambda e: None)
-        for i in range(self.super_epoch):
+        for i in range(1 if self.step_limit else self.super_epoch):  # a dry run: one short epoch per copy
             set_epoch(epoch + i)  # the copy sees the batches the run itself will see next
             for batch in itertools.islice(data.train, self.step_limit or None):  # a dry run stops early
                 batch = batch.to(device)
