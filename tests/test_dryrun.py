@@ -136,3 +136,22 @@ def test_parallel_dry_run_trains_each_shape_once():
     assert len(keys) == len(set(keys)) and {shape_key(s.spec) for s in rest} <= set(keys)
     assert len(first) + len(rest) == len(workers) and len(rest) > len(first) > 0
     assert shape_phases(workers[:1]) == [workers[:1]]
+
+
+def test_max_steps_also_limits_the_unimodal_teachers_of_umt_and_ume(tmp_path):
+    """UMT/UME train a teacher per modality for teacher_epochs full epochs: a dry run trains each for
+    max_steps steps of one epoch, and caches them apart from real teachers (IEMOCAP's took 10 min)."""
+    import torch
+
+    for name in ("umt", "ume"):
+        cfg = cg.Config(dataset="synthetic", strategy=name, epochs=1, batch_size=32, device="cpu", max_steps=1,
+                        strategy_kwargs={"teacher_epochs": 5, "teacher_dir": str(tmp_path / name)})
+        data = cg.load_data("synthetic", batch_size=cfg.batch_size, num_samples=300)
+        data.train = CountingLoader(data.train)
+        model = cg.build_model("synthetic", data, cfg.preset)
+        cg.train(model, cg.make_strategy(name, **cfg.strategy_kwargs), data, cfg, progress=False)
+        # 3 teachers and the loop: one step each, and one more batch drawn to stop (5 epochs: 3 x 5 x n)
+        assert data.train.drawn == 4 * 2, name
+        (folder,) = (tmp_path / name).iterdir()
+        states = [torch.load(p, weights_only=False) for p in sorted(folder.glob("*.pt"))]
+        assert len(states) == 3 and all(s["settings"]["epochs"] == 1 for s in states), name

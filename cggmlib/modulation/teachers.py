@@ -100,10 +100,14 @@ def teacher_folder(model, data, cache_dir, **settings) -> Path:
     return Path(cache_dir or DEFAULT_CACHE) / f"{data.name}-{teacher_key(model, data, **settings)}"
 
 
-def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, preset: str) -> dict:
-    """Train a copy of `model` on `modality` alone; return {encoder, head, metrics, best_epoch} states."""
+def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, preset: str,
+                  max_steps: int = 0) -> dict:
+    """Train a copy of `model` on `modality` alone; return {encoder, head, metrics, best_epoch} states.
+    `max_steps` > 0 (a dry run): one epoch of that many steps, one evaluation batch per split."""
     device = str(next(model.parameters()).device)
     overrides = {"epochs": epochs} if epochs is not None else {}
+    if max_steps:
+        overrides = {"epochs": 1, "max_steps": max_steps, "max_eval_batches": 1}
     dataset = data.name if data.name in DATASETS else CUSTOM  # your own data: the `custom` training settings
     cfg = Config(dataset=dataset, strategy="unimodal", preset=preset, seed=seed, device=device, **overrides)
     state = rng_state()
@@ -121,12 +125,14 @@ def train_teacher(model, data, modality: str, *, epochs: int | None, seed: int, 
 
 
 def unimodal_teachers(model, data, *, epochs: int | None = None, seed: int = 0, preset: str = "smoke",
-                      cache_dir=None) -> dict[str, Teacher]:
-    """{m: Teacher} for every modality of `model`, loaded from the cache or trained and cached."""
+                      cache_dir=None, max_steps: int = 0) -> dict[str, Teacher]:
+    """{m: Teacher} for every modality of `model`, loaded from the cache or trained and cached.
+    `max_steps` > 0 (a dry run, the strategy's `step_limit`): teachers of a few steps, cached apart."""
     if not hasattr(data, "train"):
         raise ConfigError("umt/ume need the Data in setup(model, data): their unimodal teachers are trained on "
                           "data.train and selected on data.val")
-    folder = teacher_folder(model, data, cache_dir, epochs=epochs, seed=seed, preset=preset)
+    dry = {"max_steps": max_steps} if max_steps else {}  # real runs keep their cache keys
+    folder = teacher_folder(model, data, cache_dir, epochs=epochs, seed=seed, preset=preset, **dry)
     device = next(model.parameters()).device
     teachers = {}
     for m in model.encoders:
@@ -134,7 +140,7 @@ def unimodal_teachers(model, data, *, epochs: int | None = None, seed: int = 0, 
         if path.exists():
             state = torch.load(path, map_location=device, weights_only=False)
         else:
-            state = train_teacher(model, data, m, epochs=epochs, seed=seed, preset=preset)
+            state = train_teacher(model, data, m, epochs=epochs, seed=seed, preset=preset, max_steps=max_steps)
             atomic_torch_save(state, path)
         encoder, head = copy.deepcopy(model.encoders[m]), unimodal_heads(model, data, "teachers", [m])[m]
         encoder.load_state_dict(state["encoder"])

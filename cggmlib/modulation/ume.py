@@ -64,7 +64,8 @@ class UME(Strategy):
     def setup(self, model, data) -> None:
         super().setup(model, data)
         self.teachers = unimodal_teachers(model, data, epochs=self.teacher_epochs, seed=self.teacher_seed,
-                                          preset=self.teacher_preset, cache_dir=self.teacher_dir)
+                                          preset=self.teacher_preset, cache_dir=self.teacher_dir,
+                                          max_steps=self.step_limit)
         device = next(model.parameters()).device
         self.logits = nn.Parameter(torch.zeros(len(self.modalities), device=device),
                                    requires_grad=self.weights == "learned")

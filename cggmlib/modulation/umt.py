@@ -51,7 +51,8 @@ class UMT(Strategy):
     def setup(self, model, data) -> None:
         super().setup(model, data)
         self.teachers = unimodal_teachers(model, data, epochs=self.teacher_epochs, seed=self.teacher_seed,
-                                          preset=self.teacher_preset, cache_dir=self.teacher_dir)
+                                          preset=self.teacher_preset, cache_dir=self.teacher_dir,
+                                          max_steps=self.step_limit)
         self._stats = {}
 
     def loss(self, model, batch, out, epoch: int) -> torch.Tensor:
