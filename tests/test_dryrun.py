@@ -155,3 +155,23 @@ def test_max_steps_also_limits_the_unimodal_teachers_of_umt_and_ume(tmp_path):
         (folder,) = (tmp_path / name).iterdir()
         states = [torch.load(p, weights_only=False) for p in sorted(folder.glob("*.pt"))]
         assert len(states) == 3 and all(s["settings"]["epochs"] == 1 for s in states), name
+
+
+def test_dry_run_keeps_and_copies_the_weights_a_report_reads(tmp_path, monkeypatch):
+    """The imbalance study probes each run's frozen encoders (best.pt): a dry run keeps and copies the selected
+    weights of its runs (41_imbalance_study failed without them) and drops them everywhere else."""
+    from cggmlib.repro.dryrun import keeps_weights
+
+    tiny = dataclasses.replace(pipeline.PROFILES["dryrun"], name="dryrun_tiny", max_steps=1, threads=1)
+    monkeypatch.setitem(pipeline.PROFILES, "dryrun_tiny", tiny)
+    grid = pipeline.grid(tiny)
+    first, second = [s for s in grid if s.dataset == "synthetic" and "study" in s.groups][:2]
+    other = next(s for s in grid if s.dataset == "synthetic" and "study" not in s.groups)
+    assert shape_key(first) == shape_key(second) and keeps_weights(first) and not keeps_weights(other)
+    ctx = steps.Context(tiny, tmp_path / "results", tmp_path / "data", steps.notebooks_folder(), threads=1)
+    records = [steps.run_step(ctx, pipeline.worker_step(s)) for s in (first, second, other)]
+    assert [r["status"] for r in records] == ["ran", "skipped", "ran"], records
+    a, b, c = (s.path(ctx.results, tiny) for s in (first, second, other))
+    for run in (a, b):  # trained, and its labelled copy
+        assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "best_strategy.pt"], run
+    assert (b / MARKER).exists() and not list(c.glob("*.pt"))

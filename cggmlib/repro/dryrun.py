@@ -17,7 +17,9 @@ Runs of one shape are trained once (`Profile.reuse_shapes`): a run whose (datase
 options other than the numeric ρ and λ, other settings, extra result files) equals one already trained
 differs only in its seed or a coefficient, which changes no tensor shape, so its folder is a copy of
 the first one's, labelled in `DRY_RUN_COPY.json` and in the run card (`dry_run_copy_of`), with its own
-config.json. Checkpoints are not copied, and a dry run deletes its own once the run is complete.
+config.json. Checkpoints are not copied, and a dry run deletes its own once the run is complete; the
+selected weights (best.pt, best_strategy.pt) are kept and copied only for runs a report reads them from
+(`READS_WEIGHTS`: the imbalance study probes frozen encoders), so a BraTS run leaves no gigabyte behind.
 `shape_phases` runs one run of each shape first and the copies after, so that parallel jobs never train
 two runs of one shape at once (each would find no completed run to copy).
 """
@@ -34,7 +36,16 @@ from .reports import spec_status
 #: strategy options that change values, never shapes (a run differing only in them is one shape)
 VALUE_ONLY = ("rho", "lam", "teacher_seed")
 MARKER = "DRY_RUN_COPY.json"
-NOT_COPIED = ("checkpoint.pt", "best.pt", "10_train.ipynb")
+NOT_COPIED = ("checkpoint.pt", "10_train.ipynb")
+#: the selected weights of a run
+WEIGHTS = ("best.pt", "best_strategy.pt")
+#: report groups that read a run's selected weights (41_imbalance_study: linear probes on frozen encoders)
+READS_WEIGHTS = frozenset({"study"})
+
+
+def keeps_weights(spec) -> bool:
+    """Whether a report reads this run's selected weights, so a dry run keeps (and copies) them."""
+    return bool(set(spec.groups) & READS_WEIGHTS)
 
 
 def dry_run_parameters(profile, spec) -> dict:
@@ -61,10 +72,11 @@ def shape_phases(steps) -> list[list]:
     return [phase for phase in (first, rest) if phase]
 
 
-def drop_checkpoints(folder) -> list[str]:
-    """A completed dry run's checkpoints (about 3 GB for a BraTS run): nothing reads them; removed."""
+def drop_checkpoints(folder, keep_weights: bool = False) -> list[str]:
+    """A completed dry run's checkpoint (about 3 GB for a BraTS run) and, unless `keep_weights`, its selected
+    weights: nothing reads them; removed."""
     gone = []
-    for name in NOT_COPIED[:2] + ("best_strategy.pt",):
+    for name in ("checkpoint.pt", *(() if keep_weights else WEIGHTS)):
         if (Path(folder) / name).exists() and (Path(folder) / "metrics.json").exists():
             (Path(folder) / name).unlink()
             gone.append(name)
@@ -78,13 +90,15 @@ def reuse_shape(results, profile, spec) -> Path | None:
     key = shape_key(spec)
     source = next((s for s in grid(profile) if s != spec and shape_key(s) == key
                    and spec_status(s, results, profile) == "done"
-                   and not (s.path(results, profile) / MARKER).exists()), None)
+                   and not (s.path(results, profile) / MARKER).exists()
+                   and (not keeps_weights(spec) or (s.path(results, profile) / "best.pt").exists())), None)
     if source is None:
         return None
     src, dst = source.path(results, profile), spec.path(results, profile)
     if dst.exists():
         shutil.rmtree(dst)  # a dry run's own incomplete folder: nothing real is ever there
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*NOT_COPIED, "*.lock"))
+    skip = (*NOT_COPIED, *(() if keeps_weights(spec) else WEIGHTS), "*.lock")
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*skip))
     shutil.copy2(src / "10_train.ipynb", dst / "10_train.ipynb")  # the executed worker of the shape's run
     root = Path(results) / profile.name
     cfg = spec.config(profile, json.loads((src / "config.json").read_text())["data_root"])
@@ -98,4 +112,5 @@ def reuse_shape(results, profile, spec) -> Path | None:
     return src
 
 
-__all__ = ["MARKER", "drop_checkpoints", "dry_run_parameters", "reuse_shape", "shape_key", "shape_phases"]
+__all__ = ["MARKER", "READS_WEIGHTS", "drop_checkpoints", "dry_run_parameters", "keeps_weights", "reuse_shape",
+           "shape_key", "shape_phases"]

@@ -25,7 +25,7 @@ from ..errors import CGGMError, ConfigError
 from ..files import atomic_write_json
 from ..runs.checksums import listing_fingerprint
 from ..runs.lock import move_aside
-from .dryrun import drop_checkpoints, dry_run_parameters, reuse_shape
+from .dryrun import drop_checkpoints, dry_run_parameters, keeps_weights, reuse_shape
 from .pipeline import Profile, Step
 from .processes import die_with_parent, kernel_manager_class
 from .reports import spec_status
@@ -158,7 +158,7 @@ def run_step(ctx: Context, step: Step) -> dict:
         record["seconds"] = round(execute(ctx.notebooks / step.notebook, ctx.output(step), ctx.parameters(step),
                                           cwd=ctx.results.parent, env=KERNEL_ENV | {"OMP_NUM_THREADS": ctx.threads}), 2)
         if step.kind == "worker" and ctx.profile.reuse_shapes:
-            drop_checkpoints(step.spec.path(ctx.results, ctx.profile))
+            drop_checkpoints(step.spec.path(ctx.results, ctx.profile), keeps_weights(step.spec))
     except CGGMError as err:
         record |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return record
