@@ -175,3 +175,13 @@ def test_dry_run_keeps_and_copies_the_weights_a_report_reads(tmp_path, monkeypat
     for run in (a, b):  # trained, and its labelled copy
         assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "best_strategy.pt"], run
     assert (b / MARKER).exists() and not list(c.glob("*.pt"))
+
+
+def test_dry_run_probes_the_study_retrainings_at_every_step(tmp_path):
+    """Notebook 41 retrains a run and probes it every `speed_every` steps; a dry run's runs train 2 steps, so
+    the default of 5 gave no probe and the report failed: the dry run passes 1."""
+    report = next(s for s in pipeline.REPORTS if s.name == "41_imbalance_study")
+    for name, expected in (("dryrun", {"speed_every": 1}), ("smoke", {})):
+        ctx = steps.Context(pipeline.PROFILES[name], tmp_path, tmp_path / "data", steps.notebooks_folder(), threads=1)
+        params = ctx.parameters(report)
+        assert {k: v for k, v in params.items() if k == "speed_every"} == expected, name

@@ -136,6 +136,8 @@ class Context:
         import papermill as pm
 
         report = {"profile": self.profile.name, "results": str(self.results), "ledger_path": self.ledger}
+        if self.profile.max_steps:  # a dry run: its runs train max_steps steps, so probe the retrained ones at each
+            report["speed_every"] = 1
         declared = pm.inspect_notebook(str(self.notebooks / step.notebook))  # pass only what it declares
         return common | {k: v for k, v in report.items() if k in declared}
 
