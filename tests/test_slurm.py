@@ -76,11 +76,9 @@ def test_local_submitit_jobs_run_resubmit_a_cancelled_job_attach_to_a_running_on
     [(_, killed)] = runner.submit([fou], slurm.CPU_JOB, "worker")
     assert json.loads(slurm.record_path(ctx.root, fou).read_text())["job_id"] == killed["job_id"]
     assert slurm.job_state(killed)[0] == "running"
-    # cancel it once it has started the notebook (its run folder's config.json is written just before):
-    # a fixed 3 s wait let the tiny run finish first on a quiet machine
-    deadline = time.time() + 120
-    while not (fou.spec.path(results, CI) / "config.json").exists() and time.time() < deadline:
-        time.sleep(0.1)
+    # cancelled at once: after a fixed 3 s, or once its notebook had started, the tiny run sometimes
+    # finished (or its notebook absorbed the interrupt) on a quiet machine, and the job read "done"
+    time.sleep(0.5)
     os.kill(int(killed["job_id"]), signal.SIGINT)
     _wait_gone(int(killed["job_id"]))
     state, detail = slurm.job_state(killed)
